@@ -1,0 +1,113 @@
+"""OIALR's options: one validated, self-documenting model (units in the descriptions)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, describe_validation_error
+
+__all__ = ["OIALRConfig"]
+
+
+class OIALRConfig(BaseModel):
+    """Every option of :class:`oialr.OIALR`, with its default and unit.
+
+    Invalid values raise :class:`oialr.errors.ConfigError` (a ``ValueError``) naming the option and
+    the allowed range; unknown options are rejected with the list of valid ones.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delay: int = Field(
+        1000, ge=0, description="dense warm-up, in optimizer steps, before conversion"
+    )
+    update_freq: int = Field(100, ge=1, description="optimizer steps between rank updates")
+    sigma_cutoff: float = Field(
+        0.1, ge=0.0, lt=1.0, description="keep singular values s_i >= sigma_cutoff * s_1 (relative)"
+    )
+    keep_first: bool = Field(False, description="keep the model's input layer dense")
+    keep_last: bool = Field(True, description="keep the output head (last nn.Linear) dense")
+    min_aspect: float = Field(
+        10.0, ge=1.0, description="leave layers dense whose max(m, n) / min(m, n) is at least this"
+    )
+    include: list[str] | None = Field(
+        None, description="module-name globs to convert (None: every eligible layer)"
+    )
+    exclude: list[str] = Field(default_factory=list, description="module-name globs to keep dense")
+    max_cut_per_update: float = Field(
+        0.5, gt=0.0, le=1.0, description="largest fraction of a layer's rank cut in one update"
+    )
+    min_rank: float = Field(
+        0.01,
+        gt=0.0,
+        description="rank floor: a fraction of full rank if < 1, else a count; never below 1",
+    )
+    switch: Literal["delay", "stability"] = Field(
+        "delay",
+        description="convert all layers at `delay`, or each layer once its basis stability "
+        "passes `stability_threshold` (with `delay` as the latest step)",
+    )
+    stability_every: int | None = Field(
+        None,
+        ge=0,
+        description="steps between warm-up stability measurements (None: update_freq; 0: off)",
+    )
+    stability_threshold: float = Field(
+        0.98, gt=0.0, le=1.0, description="stability (mean column cosine) that triggers conversion"
+    )
+    factored: Literal["auto", True, False] = Field(
+        "auto", description="factored forward per layer when cheaper ('auto'), always, or never"
+    )
+    optimizer_state: Literal["rotate", "reset"] = Field(
+        "rotate",
+        description="at each update, rotate momenta into the new bases ('rotate') or restart "
+        "the mixing matrix's optimizer state ('reset')",
+    )
+    rollout_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="fraction of layers (deepest first) converted per update"
+    )
+    cooldown_updates: int = Field(0, ge=0, description="updates a layer sits out after a cut")
+    fixed_rank: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="baseline: truncate to this fraction of full rank at conversion, never update",
+    )
+    top_k_sigma: int = Field(
+        32, ge=1, description="singular values of Σ kept in each update record"
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> OIALRConfig:
+        if self.min_rank >= 1 and self.min_rank != int(self.min_rank):
+            raise ValueError("min_rank >= 1 must be a whole number of singular values")
+        if self.switch == "stability" and self.rollout_fraction < 1:
+            raise ValueError("rollout_fraction < 1 only applies to switch='delay'")
+        if self.switch == "stability" and self.stability_every == 0:
+            raise ValueError("switch='stability' needs stability_every > 0")
+        return self
+
+    @classmethod
+    def build(cls, **options: Any) -> OIALRConfig:
+        """Validate ``options``; errors become one-line :class:`ConfigError`s."""
+        try:
+            return cls(**options)
+        except ValidationError as err:
+            valid = ", ".join(cls.model_fields)
+            msg = describe_validation_error(err, prefix="OIALR option ")
+            if err.errors()[0]["type"] == "extra_forbidden":
+                msg += f"; valid options: {valid}"
+            raise ConfigError(msg) from None
+
+    def rank_floor(self, full_rank: int) -> int:
+        """``min_rank`` in singular values for a layer of full rank ``full_rank``."""
+        if self.min_rank < 1:
+            return max(1, math.ceil(self.min_rank * full_rank))
+        return min(full_rank, int(self.min_rank))
+
+    @property
+    def stability_interval(self) -> int:
+        return self.update_freq if self.stability_every is None else self.stability_every
