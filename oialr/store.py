@@ -593,6 +593,16 @@ class MetricsStore:
             finished_at=_utcnow(),
         )
 
+    def fail_runs_of_trial(self, trial_id: int, reason: str) -> int:
+        """Marks a dead worker's still-running runs of an Optuna trial failed; returns how many."""
+        stmt = (
+            sa.update(runs_table)
+            .where(runs_table.c.trial_id == trial_id, runs_table.c.status == "running")
+            .values(status="failed", error=reason, finished_at=_utcnow(), updated_at=_utcnow())
+        )
+        with self._transaction() as conn:
+            return int(conn.execute(stmt).rowcount)
+
     def _update_run(self, run_id: int, **values: Any) -> None:
         stmt = (
             sa.update(runs_table)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ["RunConfig", "RunResult", "fit"]
 
 Mode = Literal["oialr", "dense", "fixed-rank"]
+StepUnit = Literal["steps", "epochs", "fraction"]
 
 
 class RunConfig(BaseModel):
@@ -56,8 +58,10 @@ class RunConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm (None: off)")
     mode: Mode = "oialr"
-    delay: int = Field(1000, ge=0, description="OIALR warm-up, in steps")
-    update_freq: int = Field(100, ge=1, description="steps between OIALR updates")
+    delay: float = Field(1000, ge=0, description="OIALR warm-up, in delay_unit")
+    delay_unit: StepUnit = "steps"
+    update_freq: float = Field(100, gt=0, description="time between OIALR updates, in update_freq_unit")
+    update_freq_unit: StepUnit = "steps"
     sigma_cutoff: float = Field(0.1, ge=0.0, lt=1.0)
     rank_fraction: float = Field(0.25, gt=0.0, le=1.0, description="fixed-rank mode's rank")
     oialr_options: dict[str, Any] = Field(default_factory=dict, description="other OIALR options")
@@ -99,6 +103,42 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def train_command(cfg: RunConfig) -> str:
+    """The ``oialr train …`` command line that reproduces ``cfg`` (non-default fields only).
+
+    Every RunConfig field ``foo_bar`` is the flag ``--foo-bar``; dict fields take ``KEY=VALUE``.
+    """
+    parts = ["oialr train"]
+    defaults = RunConfig()
+    for name, value in cfg.model_dump().items():
+        if value == getattr(defaults, name) or name == "checkpoint_dir":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, dict):
+            parts += [f"{flag} {shlex.quote(f'{k}={_toml_value(v)}')}" for k, v in value.items()]
+        elif isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value) if value is not None else 'none')}")
+    return " ".join(parts)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def resolve_steps(value: float, unit: str, steps_per_epoch: int, total_steps: int) -> int:
+    """A step count from a value in ``steps``, ``epochs`` or ``fraction`` of the whole run."""
+    scale = {"steps": 1, "epochs": steps_per_epoch, "fraction": total_steps}[unit]
+    return int(math.floor(value * scale + 0.5))
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -209,8 +249,8 @@ def fit(cfg: RunConfig, recorder: Recorder | None = None, *, resume: bool = Fals
         controller = OIALR(
             model,
             optimizer,
-            cfg.delay,
-            cfg.update_freq,
+            resolve_steps(cfg.delay, cfg.delay_unit, steps_per_epoch, total_steps),
+            max(1, resolve_steps(cfg.update_freq, cfg.update_freq_unit, steps_per_epoch, total_steps)),
             cfg.sigma_cutoff,
             on_update=lambda _, records: recorder.layers(records),
             **options,

@@ -1,0 +1,78 @@
+"""Live: one run of the study, refreshed every 2 s from rows newer than the last seen."""
+
+import streamlit as st
+
+from app import charts, queries
+
+ctx = st.session_state["ctx"]
+url = ctx["url"]
+st.title("Live")
+runs = queries.runs(url, ctx["study"])
+if runs.empty:
+    st.info(
+        "No run of this study has written metrics yet: runs appear here as soon as a worker starts."
+    )
+    st.stop()
+# Running first, then the most recently active.
+runs = runs.assign(live=runs["status"] == "running").sort_values(
+    ["live", "updated_at"], ascending=False
+)
+labels = {int(r.id): f"trial {r.trial_number} · {r.mode} · {r.status}" for r in runs.itertuples()}
+run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="run", bind="query-params")
+running = bool(runs.loc[runs["id"] == run_id, "live"].iloc[0])
+auto = st.toggle("Refresh every 2 s", value=running, key="auto")
+
+
+def live_view() -> None:
+    """Reads only new rows (id > last seen) into a bounded window kept in session state."""
+    tick = queries.live_poll(url, run_id, tuple(sorted(_after().items())))
+    window = queries.extend_window(st.session_state.get("live"), run_id, tick)
+    st.session_state["live"] = window
+    run, frames = window["run"] or {}, window["frames"]
+    steps, epochs = frames["oialr_steps"], frames["oialr_epochs"]
+    layers, warmup = frames["oialr_layers"], frames["oialr_stability"]
+    st.caption(f"status **{run.get('status')}** · last write {run.get('updated_at')}")
+    if steps.empty and epochs.empty:
+        st.info("This run has no metrics yet: the first rows arrive after its first logged steps.")
+        return
+    conversion = run.get("conversion_step")
+    updates = layers.loc[layers["event"] == "update", "step"] if len(layers) else []
+    left, right = st.columns(2)
+    left.plotly_chart(
+        charts.curves_figure(steps, epochs, update_steps=updates, conversion_step=conversion),
+        key="curves",
+    )
+    right.plotly_chart(charts.fraction_figure(epochs), key="fractions")
+    if layers.empty and warmup.empty:
+        st.caption("No layer records: a dense run, or conversion has not happened yet.")
+        return
+    left, right = st.columns(2)
+    if len(layers):
+        left.plotly_chart(charts.rank_heatmap(layers), key="rank_heatmap")
+        right.plotly_chart(charts.rank_lines(layers), key="rank_lines")
+    left.plotly_chart(
+        charts.stability_figure(warmup, layers, conversion_step=conversion), key="stability"
+    )
+    if len(layers):
+        with right:
+            names = sorted(layers["layer"].unique(), key=charts.layer_key)
+            layer = st.selectbox("Layer", names, key="spectrum_layer")
+            rows = layers[layers["layer"] == layer]
+            step = st.select_slider(
+                "Update at step", rows["step"].tolist(), value=rows["step"].iloc[-1]
+            )
+            row = queries.sigma_row(url, int(rows.loc[rows["step"] == step, "id"].iloc[-1]))
+            if row and row["sigma"]:
+                title = f"Σ of layer {layer} at step {step} ({row['event']})"
+                fig = charts.spectrum_figure(
+                    row["sigma"], cutoff=row["cutoff"], rank=row["rank_after"], title=title
+                )
+                st.plotly_chart(fig, key="spectrum")
+
+
+def _after() -> dict[str, int]:
+    window = st.session_state.get("live")
+    return window["after"] if window and window["run_id"] == run_id else {}
+
+
+st.fragment(live_view, run_every=2 if auto else None)()

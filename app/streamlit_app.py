@@ -1,0 +1,53 @@
+"""OIALR Studio: `streamlit run app -- --storage URL` (else $OIALR_STORAGE, else sqlite:///oialr.db).
+
+Routes to the pages in app_pages/ and draws the shared study selector; pages read the storage
+URL and the chosen study from ``st.session_state["ctx"]``.
+"""
+
+# ruff: noqa: E402  (sys.path must be set before `app` and `oialr` are imported)
+import os
+import sys
+from pathlib import Path
+
+# `streamlit run` puts only app/ on sys.path; the repository root makes `app` and `oialr` importable.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import queries
+from oialr.store import mask_url
+
+st.set_page_config(page_title="OIALR Studio", page_icon=":material/compress:", layout="wide")
+url = queries.storage_from_args(sys.argv[1:], os.environ)
+# (file stem = URL path, title, Material icon); the first page is the default, served at "/".
+PAGES = [
+    ("studies", "Studies", "table_view"),
+    ("live", "Live", "monitor_heart"),
+    ("pareto", "Pareto", "scatter_plot"),
+    ("parameters", "Parameters", "tune"),
+    ("trial", "Trial", "biotech"),
+]
+page = st.navigation(
+    [
+        st.Page(f"app_pages/{stem}.py", title=title, icon=f":material/{icon}:", url_path=stem)
+        for stem, title, icon in PAGES
+    ]
+)
+st.sidebar.caption(f"Storage: `{mask_url(url)}`")
+status = queries.status(url)
+if status.kind != "ok":
+    st.info(status.message, icon=":material/info:")
+    st.stop()
+if status.warning:
+    st.sidebar.warning(status.warning)
+studies = queries.studies(url)
+study = st.sidebar.selectbox("Study", studies["study"].tolist(), key="study", bind="query-params")
+study_id = int(studies.loc[studies["study"] == study, "study_id"].iloc[0])
+st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id}
+try:
+    page.run()
+except (SQLAlchemyError, queries.StorageUnavailable) as exc:  # e.g. the file vanished mid-session
+    st.error(f"Cannot read `{mask_url(url)}`: {str(exc).splitlines()[0]}")

@@ -1,0 +1,432 @@
+"""The ``oialr`` command: ``train`` one run, ``study run|list|show|best|export|delete``.
+
+Errors a user can cause print one line and exit 2; an interrupt exits 130 after the running
+trial or run has been recorded, so running the same command again continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import ConfigError, OIALRError
+
+_logger = logging.getLogger("oialr")
+console = Console(stderr=True)
+out = Console()
+
+
+# -- train ---------------------------------------------------------------------------------------
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field (``foo_bar`` → ``--foo-bar``), validated by the model."""
+    from .train import RunConfig
+
+    for name, field in RunConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif get_origin(field.annotation) is dict or field.annotation is dict:
+            parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text)
+        else:
+            choices = get_args(field.annotation) if get_origin(field.annotation) is not None else None
+            literal = choices and all(isinstance(c, str) for c in choices)
+            parser.add_argument(flag, metavar=name.upper(), choices=choices if literal else None, help=help_text)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (number, bool, list) when it parses, else the string itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _run_config_from_args(args: argparse.Namespace):
+    from .train import RunConfig
+
+    values: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
+    for name in RunConfig.model_fields:
+        given = getattr(args, name, None)
+        if given is None:
+            continue
+        if isinstance(given, list):  # KEY=VALUE pairs
+            pairs = {}
+            for item in given:
+                key, sep, raw = item.partition("=")
+                if not sep or not key:
+                    flag = "--" + name.replace("_", "-")
+                    raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} min_rank=4")
+                pairs[key] = _parse_value(raw)
+            values[name] = {**values.get(name, {}), **pairs}
+        elif isinstance(given, str) and given.lower() == "none":
+            values[name] = None
+        else:
+            values[name] = given
+    return RunConfig.build(**values)
+
+
+class ProgressRecorder:
+    """A rich progress bar over epochs: loss while it trains, accuracy and rank after each."""
+
+    run_id = None
+
+    def __init__(self):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = None
+
+    def start(self, config):
+        self.progress.start()
+        self.task = self.progress.add_task(config.run_name, total=config.epochs, status="")
+        self.loss = math.nan
+
+    def step(self, step, loss, lr, step_time):
+        self.loss = loss
+        self.progress.update(self.task, status=f"step {step} · loss {loss:.4f}")
+
+    def epoch(self, m):
+        rank = f" · mean rank {m['mean_rank']:.1f}" if m.get("mean_rank") else ""
+        status = (
+            f"loss {m['train_loss']:.4f} · val acc {m['val_acc']:.4f}{rank}"
+            f" · trainable {m['trainable_fraction']:.3f}"
+        )
+        self.progress.update(self.task, completed=m["epoch"], status=status)
+
+    def layers(self, records):
+        pass
+
+    def finish(self, status, result, error):
+        self.progress.stop()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recorders import Recorders, StoreRecorder
+    from .store import MetricsStore
+    from .study import resolve_storage
+    from .train import fit
+
+    cfg = _run_config_from_args(args)
+    if cfg.checkpoint_dir is None:
+        cfg = cfg.model_copy(update={"checkpoint_dir": str(Path("checkpoints") / cfg.run_name)})
+    store = None if args.no_store else MetricsStore(resolve_storage(args.storage))
+    recorders = Recorders(
+        StoreRecorder(store) if store else None, None if args.quiet or args.json else ProgressRecorder()
+    )
+    try:
+        result = fit(cfg, recorders, resume=args.resume)
+    finally:
+        if store:
+            store.close()
+    if args.json:
+        out.print_json(json.dumps(result.to_dict()))
+        return 0
+    table = Table(title=f"{cfg.run_name} ({cfg.mode})", show_header=False)
+    for key, value in result.to_dict().items():
+        if key == "ranks":
+            value = ", ".join(f"{k}:{v}" for k, v in value.items()) or "-"
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        table.add_row(key.replace("_", " "), str(value))
+    out.print(table)
+    return 0
+
+
+# -- study ---------------------------------------------------------------------------------------
+def _study_progress(study, n_trials: int, quiet: bool):
+    """A progress bar over the study's finished trials; returns (tick, stop)."""
+    from .study import progress_counts
+
+    if quiet:
+        return (lambda: None), (lambda: None)
+    progress = Progress(
+        TextColumn(f"[bold]{study.study_name}"), BarColumn(), TextColumn("{task.description}"),
+        TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+    task = progress.add_task("", total=n_trials)
+    progress.start()
+
+    def tick(*_):
+        c = progress_counts(study)
+        best = "-" if c["best_val_acc"] is None else f"{c['best_val_acc']:.4f}"
+        progress.update(
+            task,
+            completed=c["complete"] + c["pruned"],
+            description=f"done {c['complete']} · running {c['running']} · pruned {c['pruned']}"
+            f" · failed {c['fail']} · best val acc {best}",
+        )
+
+    return tick, progress.stop
+
+
+def cmd_study_run(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .study import create_study, open_storage, resolve_storage, run_worker, run_workers, worker_command
+
+    spec = load_spec(args.spec)  # a bad spec stops here, before the storage is touched
+    url = resolve_storage(args.storage)
+    name = args.study_name or spec.name
+    n_trials = args.n_trials or spec.budget.n_trials
+    gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
+    workers = args.workers or max(1, len(gpus))
+    study = create_study(spec, open_storage(url), name)
+    tick, stop = _study_progress(study, n_trials, args.quiet)
+    try:
+        if workers == 1 and not gpus:
+            tick()
+            run_worker(spec, url, study_name=name, n_trials=n_trials, timeout=args.timeout,
+                       heartbeat=args.heartbeat, callbacks=[tick])  # fmt: skip
+            code = 0
+        else:
+            cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat)
+            envs = []
+            for i in range(workers):
+                env = dict(os.environ)
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+                envs.append(env)
+            code = run_workers([cmd] * workers, envs, tick)
+    finally:
+        stop()
+    if not args.quiet:
+        _print_trials(study, best_only=False, limit=15)
+    return code
+
+
+def _trial_rows(study, best_only: bool):
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if len(study.directions) > 1:
+        pareto = {t.number for t in study.best_trials}
+    else:
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("constraint", 0) <= 0]
+        sign = 1 if study.direction.name == "MAXIMIZE" else -1
+        pareto = {max(done, key=lambda t: sign * t.value).number} if done else set()
+    rows = [t for t in trials if t.number in pareto] if best_only else trials
+    return rows, pareto
+
+
+def _print_trials(study, best_only: bool, limit: int | None = None, commands: bool = False) -> None:
+    rows, pareto = _trial_rows(study, best_only)
+    table = Table(title=f"study {study.study_name}: {len(study.trials)} trials"
+                  + (" (Pareto set)" if best_only else ""))  # fmt: skip
+    for col in ("#", "state", "mode", "parameters", "val acc", "test acc", "trainable", "stored", "front"):
+        table.add_column(col)
+    shown = rows if limit is None else rows[-limit:]
+    for t in shown:
+        a = t.user_attrs
+        mode = a.get("mode", "oialr") + (f" {a['rank_fraction']:g}" if "rank_fraction" in a else "")
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+        table.add_row(
+            str(t.number), t.state.name, mode, params or "-",
+            *(_fmt(a.get(k)) for k in ("val_acc", "test_acc", "trainable_fraction", "stored_fraction")),
+            "★" if t.number in pareto else "",
+        )  # fmt: skip
+    out.print(table)
+    if commands:
+        for t in shown:
+            out.print(f"[bold]trial {t.number}[/bold]: {t.user_attrs.get('command', '(no command recorded)')}",
+                      soft_wrap=True, highlight=False)  # fmt: skip
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _existing_storage(url: str):
+    """Read commands never create a database: a missing SQLite file is an error."""
+    from .study import open_storage
+
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise ConfigError(f"storage {url}: no such database file; run `oialr study run` first")
+    return open_storage(url)
+
+
+def cmd_study_list(args: argparse.Namespace) -> int:
+    import optuna
+
+    from .store import mask_url
+    from .study import resolve_storage
+
+    url = resolve_storage(args.storage)
+    summaries = optuna.get_all_study_summaries(_existing_storage(url), include_best_trial=False)
+    if not summaries:
+        out.print(f"no studies in {mask_url(url)}")
+        return 0
+    table = Table(title=f"studies in {mask_url(url)}")
+    for col in ("name", "trials", "objectives", "started"):
+        table.add_column(col)
+    for s in summaries:
+        objectives = s.user_attrs.get("oialr.objectives") or [d.name.lower() for d in s.directions]
+        started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
+        table.add_row(s.study_name, str(s.n_trials), ", ".join(objectives), started)
+    out.print(table)
+    return 0
+
+
+def cmd_study_show(args: argparse.Namespace) -> int:
+    from .study import load_study, resolve_storage
+
+    study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
+    _print_trials(study, best_only=False)
+    return 0
+
+
+def cmd_study_best(args: argparse.Namespace) -> int:
+    from .study import load_study, resolve_storage
+
+    study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
+    _print_trials(study, best_only=True, commands=True)
+    return 0
+
+
+def cmd_study_export(args: argparse.Namespace) -> int:
+    from .study import load_study, resolve_storage
+
+    study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
+    frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs",
+                                          "datetime_start", "datetime_complete"))  # fmt: skip
+    text = frame.to_csv(index=False) if args.format == "csv" else frame.to_json(orient="records", indent=1, date_format="iso")
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.output)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)  # never a half-written export
+    console.print(f"wrote {len(frame)} trials to {target}")
+    return 0
+
+
+def cmd_study_delete(args: argparse.Namespace) -> int:
+    import optuna
+
+    from .store import MetricsStore
+    from .study import load_study, resolve_storage
+
+    url = resolve_storage(args.storage)
+    storage = _existing_storage(url)
+    study = load_study(args.name, storage)
+    if not args.yes:
+        try:
+            answer = input(f"delete study {args.name!r} ({len(study.trials)} trials) and its metrics? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            raise ConfigError(f"study {args.name!r} kept; pass --yes to delete without asking")
+    with MetricsStore(url) as store:
+        runs = store.delete_study_runs(args.name)
+    optuna.delete_study(study_name=args.name, storage=storage)
+    console.print(f"deleted study {args.name!r} and {runs} metrics runs")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oialr", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one model", description="Train one model.")
+    _add_run_flags(train)
+    train.add_argument("--config", help="a TOML file of run options (flags override it)")
+    train.add_argument("--storage", help="metrics storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)")
+    train.add_argument("--no-store", action="store_true", help="record nothing")
+    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    study = commands.add_parser("study", help="Optuna studies over OIALR's hyperparameters")
+    sub = study.add_subparsers(dest="study_command", required=True)
+    storage_help = "storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)"
+
+    run = sub.add_parser("run", help="run (or continue) a study from a TOML spec")
+    run.add_argument("spec", help="studies/<name>.toml")
+    run.add_argument("--storage", help=storage_help)
+    run.add_argument("--study-name", help="default: the spec's name")
+    run.add_argument("--n-trials", type=int, help="trials in all (default: the spec's budget)")
+    run.add_argument("--timeout", type=float, help="seconds per worker")
+    run.add_argument("--workers", type=int, help="worker processes here (default 1, or one per GPU)")
+    run.add_argument("--gpus", help="comma-separated GPU ids, one worker each")
+    run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    run.set_defaults(func=cmd_study_run)
+
+    for name, func, help_text in (
+        ("list", cmd_study_list, "the studies in a storage"),
+        ("show", cmd_study_show, "a study's trials"),
+        ("best", cmd_study_best, "the Pareto trials and the commands that reproduce them"),
+        ("export", cmd_study_export, "a study's trials as CSV or JSON"),
+        ("delete", cmd_study_delete, "delete a study and its metrics"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        if name != "list":
+            p.add_argument("name", help="study name")
+        p.add_argument("--storage", help=storage_help)
+        if name == "export":
+            p.add_argument("--format", choices=("csv", "json"), default="csv")
+            p.add_argument("--output", help="file to write (default: standard output)")
+        if name == "delete":
+            p.add_argument("--yes", action="store_true", help="do not ask")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if not args.verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from .study import Interrupted, _raise_interrupted
+
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return args.func(args)
+    except OIALRError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except (Interrupted, KeyboardInterrupt) as err:
+        console.print(f"interrupted ({err or 'Ctrl-C'}): the running trial or run was recorded; "
+                      "run the same command again to continue", highlight=False)  # fmt: skip
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Optuna studies over OIALR's hyperparameters: storage, baselines, the objective, workers.
+
+Every worker, on this machine or another, runs the same loop against one RDB storage (Optuna's
+standard distributed setup): ``create_study(load_if_exists=True)`` then ``optimize``. Heartbeats
+fail the trials of a killed worker and a retry callback queues them again; a global
+``MaxTrialsCallback`` caps the study. There is no scheduler of our own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import ConfigError, StorageError
+from .recorders import StoreRecorder
+from .spec import StudySpec
+from .store import MetricsStore, mask_url
+from .train import RunConfig, RunResult, fit, train_command
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "resolve_storage",
+    "open_storage",
+    "create_study",
+    "load_study",
+    "run_worker",
+    "run_workers",
+    "Interrupted",
+]
+
+DEFAULT_STORAGE = "sqlite:///oialr.db"
+SPEC_ATTR, OBJECTIVES_ATTR = "oialr.spec", "oialr.objectives"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; Optuna records the running trial as FAIL and re-raises."""
+
+
+def resolve_storage(url: str | None) -> str:
+    """``--storage``, else ``$OIALR_STORAGE``, else ``sqlite:///oialr.db``."""
+    return url or os.environ.get("OIALR_STORAGE") or DEFAULT_STORAGE
+
+
+def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
+    """Optuna's RDB storage on ``url``, with heartbeats when ``heartbeat`` seconds are given.
+
+    Our metrics store is opened first: it validates the URL with a one-line error, creates our
+    tables and puts SQLite in WAL mode, which lets readers and several writers share the file.
+    """
+    MetricsStore(url).close()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 30}}
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        hb = dict(
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=_RetryStale(url),
+        )
+    try:
+        return RDBStorage(url, engine_kwargs=kwargs, **hb)
+    except Exception as err:  # sqlalchemy / optuna wrap connection problems variously
+        raise StorageError(f"storage {mask_url(url)}: {type(err).__name__}: {err}".split("\n")[0]) from None
+
+
+class _RetryStale:
+    """Queue a dead worker's trial again (up to twice) and mark its metrics run failed."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        _logger.warning("trial %d lost its worker (no heartbeat): retrying it", trial.number)
+        self.retry(study, trial)
+        with MetricsStore(self.url) as store:
+            store.fail_runs_of_trial(trial._trial_id, "worker stopped sending heartbeats")
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    seed, name = spec.sampler.seed, spec.sampler.name
+    constraints = _constraints if spec.objective.max_trainable_fraction is not None else None
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+    startup = max(4, min(10, spec.budget.n_trials // 3))  # TPE needs a few random trials first
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup, multivariate=True, constraints_func=constraints
+    )
+
+
+def _constraints(trial: FrozenTrial) -> list[float]:
+    """Feasible when ``trainable_fraction - max_trainable_fraction <= 0``."""
+    return [trial.user_attrs.get("constraint", 0.0)]
+
+
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if spec.pruner.name == "hyperband":
+        epochs = RunConfig.build(**spec.run).epochs
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def create_study(spec: StudySpec, storage: RDBStorage, name: str | None = None) -> optuna.Study:
+    """Create the study (or load it: every worker calls this) and queue the baselines once."""
+    name = name or spec.name
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=spec.objective.directions,
+        sampler=_sampler(spec),
+        pruner=_pruner(spec),
+        load_if_exists=True,
+    )
+    if study.directions != [optuna.study.StudyDirection[d.upper()] for d in spec.objective.directions]:
+        raise ConfigError(
+            f"study {name!r} already exists with other objectives; pick another --study-name"
+        )
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr(OBJECTIVES_ATTR, spec.objective.names)
+        if spec.baselines.dense:
+            study.enqueue_trial({}, user_attrs={"mode": "dense"})
+        for fraction in spec.baselines.fixed_rank:
+            attrs = {"mode": "fixed-rank", "rank_fraction": fraction}
+            study.enqueue_trial({}, user_attrs=attrs)
+    return study
+
+
+def load_study(name: str, storage: RDBStorage | str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        where = mask_url(storage if isinstance(storage, str) else storage.url)
+        raise ConfigError(
+            f"study {name!r} is not in {where}; `oialr study list` shows the studies there"
+        ) from None
+
+
+def spec_of(study: optuna.Study) -> StudySpec:
+    from .spec import parse_spec
+
+    return parse_spec(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name}")
+
+
+# -- the objective -------------------------------------------------------------------------------
+class _TrialRecorder(StoreRecorder):
+    """Store recorder that also reports validation accuracy to Optuna for pruning."""
+
+    def __init__(self, store, trial: optuna.Trial, prune: bool):
+        super().__init__(store, study_name=trial.study.study_name, trial_number=trial.number,
+                         trial_id=trial._trial_id)  # fmt: skip
+        self.trial, self.prune = trial, prune
+
+    def epoch(self, metrics):
+        super().epoch(metrics)
+        if self.prune and math.isfinite(metrics["val_acc"]):
+            self.trial.report(metrics["val_acc"], metrics["epoch"])
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {metrics['epoch']}")
+
+
+def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    from .spec import INT_PARAMS
+
+    params = {}
+    for name, p in spec.search.items():
+        if p.choices is not None:
+            params[name] = trial.suggest_categorical(name, p.choices)
+        elif name in INT_PARAMS or (p.unit == "steps" and p.step is None and float(p.low).is_integer()):
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log,
+                                             step=int(p.step or 1))  # fmt: skip
+        else:
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+    return params
+
+
+@dataclass
+class Objective:
+    """Optuna objective: one trial = one configuration trained for ``spec.seeds`` seeds."""
+
+    spec: StudySpec
+    url: str
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        mode = trial.user_attrs.get("mode", "oialr")
+        params = _suggest(trial, self.spec) if mode == "oialr" else {}
+        extra = {"rank_fraction": trial.user_attrs["rank_fraction"]} if mode == "fixed-rank" else {}
+        trial.set_user_attr("mode", mode)
+        results: list[RunResult] = []
+        try:
+            with MetricsStore(self.url) as store:
+                for seed in range(self.spec.seeds):
+                    cfg = self.spec.run_config(params, mode, seed, **extra)
+                    if seed == 0:
+                        trial.set_user_attr("command", train_command(cfg))
+                    prune = self.spec.objective.kind == "accuracy" and seed == 0
+                    results.append(fit(cfg, _TrialRecorder(store, trial, prune)))
+        except optuna.TrialPruned:
+            raise
+        except BaseException as err:
+            reason = f"{type(err).__name__}: {err}".split("\n")[0][:500]
+            trial.set_user_attr("fail_reason", reason)
+            raise
+        return self._report(trial, results)
+
+    def _report(self, trial: optuna.Trial, results: list[RunResult]) -> float | list[float]:
+        def mean(key: str) -> float:
+            return statistics.fmean(getattr(r, key) for r in results)
+
+        attrs = {
+            "run_id": results[0].run_id,
+            "val_acc": mean("final_val_acc"),
+            "test_acc": mean("test_acc"),
+            "trainable_fraction": mean("trainable_fraction"),
+            "stored_fraction": mean("stored_fraction"),
+            "wall_time": mean("wall_time"),
+        }
+        if len(results) > 1:
+            attrs["val_acc_std"] = statistics.stdev(r.final_val_acc for r in results)
+        cap = self.spec.objective.max_trainable_fraction
+        if cap is not None:
+            attrs["constraint"] = attrs["trainable_fraction"] - cap
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        values = [attrs[name] for name in self.spec.objective.names]
+        return values[0] if len(values) == 1 else values
+
+
+# -- workers -------------------------------------------------------------------------------------
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+def run_worker(
+    spec: StudySpec,
+    url: str,
+    *,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    heartbeat: int = 30,
+    callbacks: list[Callable] = (),
+) -> optuna.Study:
+    """Run trials in this process until the study holds ``n_trials`` finished trials.
+
+    SIGINT and SIGTERM end the running trial as FAIL with the reason recorded (Optuna marks it
+    on the way out), then raise :class:`Interrupted`; running the command again continues.
+    """
+    storage = open_storage(url, heartbeat=heartbeat)
+    study = create_study(spec, storage, study_name)
+    n_trials = n_trials or spec.budget.n_trials
+    timeout = timeout if timeout is not None else spec.budget.timeout
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if _finished(study) < n_trials:
+            study.optimize(
+                Objective(spec, url),
+                timeout=timeout,
+                catch=(Exception,),  # a failing trial is recorded FAIL, and the study goes on
+                callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
+                gc_after_trial=True,
+            )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return study
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def worker_command(spec_path: str, url: str, study_name: str, n_trials: int | None,
+                   timeout: float | None, heartbeat: int) -> list[str]:  # fmt: skip
+    cmd = [sys.executable, "-m", "oialr", "study", "run", spec_path, "--storage", url,
+           "--study-name", study_name, "--workers", "1", "--quiet", "--heartbeat", str(heartbeat)]  # fmt: skip
+    if n_trials:
+        cmd += ["--n-trials", str(n_trials)]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    return cmd
+
+
+def run_workers(
+    commands: list[list[str]], envs: list[dict[str, str]], on_tick: Callable[[], None]
+) -> int:
+    """Start one process per command, tick while they run, forward SIGINT/SIGTERM to all.
+
+    Returns the first non-zero exit code, or 0.
+    """
+    procs = [subprocess.Popen(cmd, env=env) for cmd, env in zip(commands, envs)]
+    stop = threading.Event()
+
+    def forward(signum, _frame):
+        stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.poll() is None for p in procs):
+            on_tick()
+            time.sleep(1.0)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    on_tick()
+    if stop.is_set():
+        raise Interrupted("stopped by a signal")
+    return next((p.returncode for p in procs if p.returncode), 0)
+
+
+def progress_counts(study: optuna.Study) -> dict[str, Any]:
+    """Trials by state and the best validation accuracy so far (for progress lines)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    counts["best_val_acc"] = max((t.user_attrs.get("val_acc", math.nan) for t in done), default=None)
+    return counts
