@@ -29,8 +29,13 @@ system:
 
 setup: $(VENV)/.installed system
 
+# The main job: the quickstart study in the background, the dashboard in the foreground.
 run: setup
-	$(BIN)/oialr demo --storage $(STORAGE)
+	@echo "quickstart study running in the background (log: quickstart.log)"
+	$(BIN)/oialr study run studies/quickstart.toml --storage $(STORAGE) --quiet > quickstart.log 2>&1 &
+	@echo "dashboard: http://127.0.0.1:$(PORT)  (Ctrl-C stops it; the study goes on)"
+	$(BIN)/streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port $(PORT) \
+	  --server.headless true --browser.gatherUsageStats false -- --storage $(STORAGE)
 
 # pytest exits 5 when it collects nothing: that is a failure here, as any other non-zero code.
 test: setup

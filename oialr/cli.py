@@ -164,7 +164,7 @@ def _study_progress(study, n_trials: int, quiet: bool):
     from .study import progress_counts
 
     if quiet:
-        return (lambda: None), (lambda: None)
+        return (lambda *_: None), (lambda: None)
     progress = Progress(
         TextColumn(f"[bold]{study.study_name}"), BarColumn(), TextColumn("{task.description}"),
         TimeElapsedColumn(), console=console,

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -211,6 +212,7 @@ class Objective:
         params = _suggest(trial, self.spec) if mode == "oialr" else {}
         extra = {"rank_fraction": trial.user_attrs["rank_fraction"]} if mode == "fixed-rank" else {}
         trial.set_user_attr("mode", mode)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         results: list[RunResult] = []
         try:
             with MetricsStore(self.url) as store:

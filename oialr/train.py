@@ -113,7 +113,8 @@ def train_command(cfg: RunConfig) -> str:
     parts = ["oialr train"]
     defaults = RunConfig()
     for name, value in cfg.model_dump().items():
-        if value == getattr(defaults, name) or name == "checkpoint_dir":
+        essential = name in ("model", "dataset", "mode")  # always shown, for the reader
+        if (value == getattr(defaults, name) and not essential) or name == "checkpoint_dir":
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, dict):
