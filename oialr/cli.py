@@ -13,10 +13,10 @@ import math
 import os
 import signal
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+import tomllib
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -37,13 +37,19 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         help_text = field.description or ""
         if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif get_origin(field.annotation) is dict or field.annotation is dict:
             parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text)
         else:
-            choices = get_args(field.annotation) if get_origin(field.annotation) is not None else None
+            choices = (
+                get_args(field.annotation) if get_origin(field.annotation) is not None else None
+            )
             literal = choices and all(isinstance(c, str) for c in choices)
-            parser.add_argument(flag, metavar=name.upper(), choices=choices if literal else None, help=help_text)
+            parser.add_argument(
+                flag, metavar=name.upper(), choices=choices if literal else None, help=help_text
+            )
 
 
 def _parse_value(text: str) -> Any:
@@ -76,7 +82,9 @@ def _run_config_from_args(args: argparse.Namespace):
                 key, sep, raw = item.partition("=")
                 if not sep or not key:
                     flag = "--" + name.replace("_", "-")
-                    raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} min_rank=4")
+                    raise ConfigError(
+                        f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} min_rank=4"
+                    )
                 pairs[key] = _parse_value(raw)
             values[name] = {**values.get(name, {}), **pairs}
         elif isinstance(given, str) and given.lower() == "none":
@@ -137,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"checkpoint_dir": str(Path("checkpoints") / cfg.run_name)})
     store = None if args.no_store else MetricsStore(resolve_storage(args.storage))
     recorders = Recorders(
-        StoreRecorder(store) if store else None, None if args.quiet or args.json else ProgressRecorder()
+        StoreRecorder(store) if store else None,
+        None if args.quiet or args.json else ProgressRecorder(),
     )
     try:
         result = fit(cfg, recorders, resume=args.resume)
@@ -187,7 +196,14 @@ def _study_progress(study, n_trials: int, quiet: bool):
 
 def cmd_study_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
-    from .study import create_study, open_storage, resolve_storage, run_worker, run_workers, worker_command
+    from .study import (
+        create_study,
+        open_storage,
+        resolve_storage,
+        run_worker,
+        run_workers,
+        worker_command,
+    )
 
     spec = load_spec(args.spec)  # a bad spec stops here, before the storage is touched
     url = resolve_storage(args.storage)
@@ -226,7 +242,11 @@ def _trial_rows(study, best_only: bool):
     if len(study.directions) > 1:
         pareto = {t.number for t in study.best_trials}
     else:
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("constraint", 0) <= 0]
+        done = [
+            t
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("constraint", 0) <= 0
+        ]
         sign = 1 if study.direction.name == "MAXIMIZE" else -1
         pareto = {max(done, key=lambda t: sign * t.value).number} if done else set()
     rows = [t for t in trials if t.number in pareto] if best_only else trials
@@ -237,7 +257,17 @@ def _print_trials(study, best_only: bool, limit: int | None = None, commands: bo
     rows, pareto = _trial_rows(study, best_only)
     table = Table(title=f"study {study.study_name}: {len(study.trials)} trials"
                   + (" (Pareto set)" if best_only else ""))  # fmt: skip
-    for col in ("#", "state", "mode", "parameters", "val acc", "test acc", "trainable", "stored", "front"):
+    for col in (
+        "#",
+        "state",
+        "mode",
+        "parameters",
+        "val acc",
+        "test acc",
+        "trainable",
+        "stored",
+        "front",
+    ):
         table.add_column(col)
     shown = rows if limit is None else rows[-limit:]
     for t in shown:
@@ -319,7 +349,11 @@ def cmd_study_export(args: argparse.Namespace) -> int:
     study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs",
                                           "datetime_start", "datetime_complete"))  # fmt: skip
-    text = frame.to_csv(index=False) if args.format == "csv" else frame.to_json(orient="records", indent=1, date_format="iso")
+    text = (
+        frame.to_csv(index=False)
+        if args.format == "csv"
+        else frame.to_json(orient="records", indent=1, date_format="iso")
+    )
     if args.output in (None, "-"):
         sys.stdout.write(text)
         return 0
@@ -342,7 +376,9 @@ def cmd_study_delete(args: argparse.Namespace) -> int:
     study = load_study(args.name, storage)
     if not args.yes:
         try:
-            answer = input(f"delete study {args.name!r} ({len(study.trials)} trials) and its metrics? [y/N] ")
+            answer = input(
+                f"delete study {args.name!r} ({len(study.trials)} trials) and its metrics? [y/N] "
+            )
         except EOFError:
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
@@ -363,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model", description="Train one model.")
     _add_run_flags(train)
     train.add_argument("--config", help="a TOML file of run options (flags override it)")
-    train.add_argument("--storage", help="metrics storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)")
+    train.add_argument(
+        "--storage", help="metrics storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)"
+    )
     train.add_argument("--no-store", action="store_true", help="record nothing")
     train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -380,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study-name", help="default: the spec's name")
     run.add_argument("--n-trials", type=int, help="trials in all (default: the spec's budget)")
     run.add_argument("--timeout", type=float, help="seconds per worker")
-    run.add_argument("--workers", type=int, help="worker processes here (default 1, or one per GPU)")
+    run.add_argument(
+        "--workers", type=int, help="worker processes here (default 1, or one per GPU)"
+    )
     run.add_argument("--gpus", help="comma-separated GPU ids, one worker each")
     run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -410,13 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if not args.verbose:
+    if not args.verbose:  # failed trials get one line of ours (study.py), not a traceback
+        import warnings
+
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     from .study import Interrupted, _raise_interrupted
 
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both end the run cleanly, recorded
+        signal.signal(sig, _raise_interrupted)
     try:
         return args.func(args)
     except OIALRError as err:
@@ -424,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (Interrupted, KeyboardInterrupt) as err:
         console.print(f"interrupted ({err or 'Ctrl-C'}): the running trial or run was recorded; "
-                      "run the same command again to continue", highlight=False)  # fmt: skip
+                      "run the same command again to continue", highlight=False, soft_wrap=True)  # fmt: skip
         return 130
 
 

@@ -6,10 +6,10 @@ mistake is one :class:`ConfigError` line naming the file, the field and the fix.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .config import OIALRConfig
@@ -110,7 +110,9 @@ class Pruner(BaseModel):
 
 class Budget(BaseModel):
     model_config = _strict
-    n_trials: int = Field(20, ge=1, description="trials in all, baselines included, all workers together")
+    n_trials: int = Field(
+        20, ge=1, description="trials in all, baselines included, all workers together"
+    )
     timeout: float | None = Field(None, gt=0, description="seconds per worker")
 
 
@@ -150,12 +152,20 @@ class StudySpec(BaseModel):
     def baseline_delay(self) -> dict[str, Any]:
         """``delay``/``delay_unit`` of the fixed-rank baselines."""
         if self.baselines.delay is not None:
-            return {"delay": self.baselines.delay, "delay_unit": self.baselines.delay_unit or "steps"}
+            return {
+                "delay": self.baselines.delay,
+                "delay_unit": self.baselines.delay_unit or "steps",
+            }
         if "delay" in self.search and self.search["delay"].low is not None:
-            return {"delay": self.search["delay"].low, "delay_unit": self.search["delay"].unit or "steps"}
+            return {
+                "delay": self.search["delay"].low,
+                "delay_unit": self.search["delay"].unit or "steps",
+            }
         return {}
 
-    def run_config(self, params: dict[str, Any], mode: str, seed_offset: int = 0, **extra: Any) -> RunConfig:
+    def run_config(
+        self, params: dict[str, Any], mode: str, seed_offset: int = 0, **extra: Any
+    ) -> RunConfig:
         """The RunConfig of one trial: the spec's ``run`` table, then the trial's parameters."""
         if mode == "fixed-rank":
             extra = {**self.baseline_delay(), **extra}

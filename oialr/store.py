@@ -24,7 +24,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +33,13 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from oialr.errors import ConfigError, StorageError
 
@@ -46,6 +52,7 @@ SCHEMA_VERSION = 1
 _URL_EXAMPLE = "sqlite:///oialr.db or postgresql+psycopg://user:password@127.0.0.1:5432/oialr"
 _PG_CONNECT_TIMEOUT_S = 5
 _SQLITE_BUSY_TIMEOUT_S = 30
+_RETRY_SECONDS = 60  # how long a write waits for a lost server to come back
 
 RUN_MODES = frozenset({"oialr", "dense", "fixed-rank"})
 FINAL_STATUSES = frozenset({"complete", "failed", "pruned"})
@@ -435,6 +442,26 @@ class MetricsStore:
                 f"metrics database {self.display_url} failed: {reason}; {fix}"
             ) from exc
 
+    def _write(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work(conn)`` in a transaction, retrying while the server is unreachable.
+
+        A PostgreSQL restart or a network blip drops pooled connections; ``pool_pre_ping`` finds
+        out on checkout, and here a write that failed on a lost connection is retried with
+        backoff for up to a minute instead of failing the training run.
+        """
+        deadline, delay = time.monotonic() + _RETRY_SECONDS, 0.5
+        while True:
+            try:
+                with self._transaction() as conn:
+                    return work(conn)
+            except StorageError as exc:
+                lost = isinstance(exc.__cause__, (OperationalError, InterfaceError))
+                if not lost or self.engine.dialect.name == "sqlite" or time.monotonic() > deadline:
+                    raise
+                logger.warning("%s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
     def _ensure_schema(self) -> None:
         """Creates absent tables and records/checks the schema version.
 
@@ -502,8 +529,11 @@ class MetricsStore:
             "updated_at": now,
             "host": socket.gethostname(),
         }
-        with self._transaction() as conn:
-            run_id = conn.execute(sa.insert(runs_table).values(**values)).inserted_primary_key[0]
+        run_id = self._write(
+            lambda conn: conn.execute(sa.insert(runs_table).values(**values)).inserted_primary_key[
+                0
+            ]
+        )
         return int(run_id)
 
     def log_step(self, run_id: int, step: int, loss: float, lr: float, step_time: float) -> None:
@@ -600,8 +630,7 @@ class MetricsStore:
             .where(runs_table.c.trial_id == trial_id, runs_table.c.status == "running")
             .values(status="failed", error=reason, finished_at=_utcnow(), updated_at=_utcnow())
         )
-        with self._transaction() as conn:
-            return int(conn.execute(stmt).rowcount)
+        return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 
     def _update_run(self, run_id: int, **values: Any) -> None:
         stmt = (
@@ -609,9 +638,8 @@ class MetricsStore:
             .where(runs_table.c.id == run_id)
             .values(updated_at=_utcnow(), **values)
         )
-        with self._transaction() as conn:
-            if conn.execute(stmt).rowcount == 0:
-                raise StorageError(f"no run {run_id} in {self.display_url}")
+        if self._write(lambda conn: conn.execute(stmt).rowcount) == 0:
+            raise StorageError(f"no run {run_id} in {self.display_url}")
 
     def flush(self) -> None:
         """Writes every buffered row in one transaction (executemany per table) and bumps the
@@ -622,7 +650,8 @@ class MetricsStore:
                 return
             started = self._last_flush
             run_ids: set[int] = set()
-            with self._transaction() as conn:
+
+            def write(conn: Connection) -> None:
                 for table in _METRICS_TABLES:
                     rows = self._buffers[table.name]
                     if rows:
@@ -633,6 +662,8 @@ class MetricsStore:
                     .where(runs_table.c.id.in_(sorted(run_ids)))
                     .values(updated_at=_utcnow())
                 )
+
+            self._write(write)
             # Cleared only after the commit, so a failed flush loses nothing.
             for rows in self._buffers.values():
                 rows.clear()

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import ConfigError, StorageError
 from .recorders import StoreRecorder
@@ -49,6 +51,7 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///oialr.db"
 SPEC_ATTR, OBJECTIVES_ATTR = "oialr.spec", "oialr.objectives"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_RECONNECTS = 6  # tries to get back to a lost storage between trials (1 + 2 + … + 32 s)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -80,7 +83,9 @@ def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
     try:
         return RDBStorage(url, engine_kwargs=kwargs, **hb)
     except Exception as err:  # sqlalchemy / optuna wrap connection problems variously
-        raise StorageError(f"storage {mask_url(url)}: {type(err).__name__}: {err}".split("\n")[0]) from None
+        raise StorageError(
+            f"storage {mask_url(url)}: {type(err).__name__}: {err}".split("\n")[0]
+        ) from None
 
 
 class _RetryStale:
@@ -137,7 +142,9 @@ def create_study(spec: StudySpec, storage: RDBStorage, name: str | None = None) 
         pruner=_pruner(spec),
         load_if_exists=True,
     )
-    if study.directions != [optuna.study.StudyDirection[d.upper()] for d in spec.objective.directions]:
+    if study.directions != [
+        optuna.study.StudyDirection[d.upper()] for d in spec.objective.directions
+    ]:
         raise ConfigError(
             f"study {name!r} already exists with other objectives; pick another --study-name"
         )
@@ -192,7 +199,9 @@ def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     for name, p in spec.search.items():
         if p.choices is not None:
             params[name] = trial.suggest_categorical(name, p.choices)
-        elif name in INT_PARAMS or (p.unit == "steps" and p.step is None and float(p.low).is_integer()):
+        elif name in INT_PARAMS or (
+            p.unit == "steps" and p.step is None and float(p.low).is_integer()
+        ):
             params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log,
                                              step=int(p.step or 1))  # fmt: skip
         else:
@@ -279,18 +288,40 @@ def run_worker(
     timeout = timeout if timeout is not None else spec.budget.timeout
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if _finished(study) < n_trials:
-            study.optimize(
-                Objective(spec, url),
-                timeout=timeout,
-                catch=(Exception,),  # a failing trial is recorded FAIL, and the study goes on
-                callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
-                gc_after_trial=True,
-            )
+        for attempt in range(_RECONNECTS + 1):
+            try:
+                if _finished(study) < n_trials:
+                    study.optimize(
+                        Objective(spec, url),
+                        timeout=timeout,
+                        catch=(Exception,),  # a failing trial is recorded FAIL; the study goes on
+                        callbacks=[
+                            MaxTrialsCallback(n_trials, states=FINISHED),
+                            _log_failure,
+                            *callbacks,
+                        ],
+                        gc_after_trial=True,
+                    )
+                break
+            except (SQLAlchemyError, StorageInternalError, StorageError) as err:
+                # the database went away between trials (a restart, a network cut): wait and go
+                # on; a trial left RUNNING is failed by its stale heartbeat and retried
+                if attempt == _RECONNECTS:
+                    raise StorageError(
+                        f"storage {mask_url(url)} unreachable: {err}".split("\n")[0]
+                    ) from None
+                _logger.warning("storage error (%s); reconnecting in %d s", err, 2**attempt)
+                time.sleep(2**attempt)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return study
+
+
+def _log_failure(study: optuna.Study, trial: FrozenTrial) -> None:
+    if trial.state == TrialState.FAIL:
+        reason = trial.user_attrs.get("fail_reason", "see --verbose")
+        _logger.warning("trial %d failed: %s", trial.number, reason)
 
 
 def _finished(study: optuna.Study) -> int:
@@ -343,5 +374,7 @@ def progress_counts(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts["best_val_acc"] = max((t.user_attrs.get("val_acc", math.nan) for t in done), default=None)
+    counts["best_val_acc"] = max(
+        (t.user_attrs.get("val_acc", math.nan) for t in done), default=None
+    )
     return counts

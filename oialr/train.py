@@ -60,7 +60,9 @@ class RunConfig(BaseModel):
     mode: Mode = "oialr"
     delay: float = Field(1000, ge=0, description="OIALR warm-up, in delay_unit")
     delay_unit: StepUnit = "steps"
-    update_freq: float = Field(100, gt=0, description="time between OIALR updates, in update_freq_unit")
+    update_freq: float = Field(
+        100, gt=0, description="time between OIALR updates, in update_freq_unit"
+    )
     update_freq_unit: StepUnit = "steps"
     sigma_cutoff: float = Field(0.1, ge=0.0, lt=1.0)
     rank_fraction: float = Field(0.25, gt=0.0, le=1.0, description="fixed-rank mode's rank")
@@ -251,7 +253,10 @@ def fit(cfg: RunConfig, recorder: Recorder | None = None, *, resume: bool = Fals
             model,
             optimizer,
             resolve_steps(cfg.delay, cfg.delay_unit, steps_per_epoch, total_steps),
-            max(1, resolve_steps(cfg.update_freq, cfg.update_freq_unit, steps_per_epoch, total_steps)),
+            max(
+                1,
+                resolve_steps(cfg.update_freq, cfg.update_freq_unit, steps_per_epoch, total_steps),
+            ),
             cfg.sigma_cutoff,
             on_update=lambda _, records: recorder.layers(records),
             **options,
@@ -279,9 +284,15 @@ def fit(cfg: RunConfig, recorder: Recorder | None = None, *, resume: bool = Fals
             val_loss, val_acc = evaluate(model, data, "val", amp)
         for epoch in range(start_epoch, cfg.epochs):
             # running sums stay on the device: no sync per step
-            train_loss, train_correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+            train_loss, train_correct, seen = (
+                torch.zeros((), device=device),
+                torch.zeros((), device=device),
+                0,
+            )
             tick = time.perf_counter()
-            batches = data.batches("train", cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
+            batches = data.batches(
+                "train", cfg.batch_size, shuffle=True, generator=generator, drop_last=True
+            )
             for x, y in batches:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(x)
@@ -306,7 +317,9 @@ def fit(cfg: RunConfig, recorder: Recorder | None = None, *, resume: bool = Fals
                             f"lower --lr (now {cfg.lr:g}) or keep --grad-clip on"
                         )
                     now = time.perf_counter()
-                    recorder.step(step, value, scheduler.get_last_lr()[0], (now - tick) / cfg.log_every)
+                    recorder.step(
+                        step, value, scheduler.get_last_lr()[0], (now - tick) / cfg.log_every
+                    )
                     tick = now
             val_loss, val_acc = evaluate(model, data, "val", amp)
             mean_train_loss = train_loss.item() / max(1, seen)

@@ -52,7 +52,9 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_SPECS, ids=[m[:40] for _, m in BAD_SPECS])
-def test_bad_spec_is_one_line_exit_2_and_writes_nothing(text, message, tmp_path, capsys, monkeypatch):
+def test_bad_spec_is_one_line_exit_2_and_writes_nothing(
+    text, message, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "bad.toml"
     spec.write_text(text)
@@ -94,7 +96,11 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, message, tmp_path, capsys, 
 
 @pytest.mark.parametrize(
     "argv",
-    [["study", "export", "x", "--format", "xml"], ["study", "run", "s.toml", "--workers", "two"], ["train", "--mode", "sparse"]],
+    [
+        ["study", "export", "x", "--format", "xml"],
+        ["study", "run", "s.toml", "--workers", "two"],
+        ["train", "--mode", "sparse"],
+    ],
 )
 def test_malformed_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -115,7 +121,9 @@ ranges = st.tuples(st.floats(-10, 10, allow_nan=False), st.floats(-10, 10, allow
 
 @settings(max_examples=200, deadline=None)
 @given(
-    name=st.sampled_from(["delay", "update_freq", "sigma_cutoff", "lr", "max_cut_per_update", "dropout"]),
+    name=st.sampled_from(
+        ["delay", "update_freq", "sigma_cutoff", "lr", "max_cut_per_update", "dropout"]
+    ),
     bounds=ranges,
     log=st.booleans(),
     unit=st.sampled_from([None, "steps", "epochs", "fraction", "hours"]),

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -66,7 +64,10 @@ def test_quickstart_study_on_sqlite(tmp_path):
     assert "quickstart" in listed.stdout and "val_acc, trainable_fraction" in listed.stdout
     # running the command again continues the study instead of starting over
     again = oialr("study", "run", "studies/quickstart.toml", "--storage", db, "--n-trials", "5")
-    assert again.returncode == 0 and len(optuna.load_study(study_name="quickstart", storage=db).trials) == 5
+    assert (
+        again.returncode == 0
+        and len(optuna.load_study(study_name="quickstart", storage=db).trials) == 5
+    )
 
 
 @pytest.mark.slow
@@ -74,7 +75,10 @@ def test_single_objective_study_prunes(tmp_path):
     spec = TINY.read_text().replace('name = "tiny"', 'name = "pruned"\n')
     spec = spec.replace("epochs = 3", "epochs = 6").replace("n_trials = 6", "n_trials = 10")
     spec += '\n[objective]\nkind = "accuracy"\n\n[pruner]\nname = "median"\n'
-    spec = spec.replace('[search.sigma_cutoff]', '[search.lr]\nlow = 1e-6\nhigh = 0.3\nlog = true\n\n[search.sigma_cutoff]')
+    spec = spec.replace(
+        "[search.sigma_cutoff]",
+        "[search.lr]\nlow = 1e-6\nhigh = 0.3\nlog = true\n\n[search.sigma_cutoff]",
+    )
     spec = spec.replace('name = "random"', 'name = "tpe"')
     db = f"sqlite:///{tmp_path / 'p.db'}"
     done = oialr("study", "run", str(write_spec(tmp_path, spec)), "--storage", db)
@@ -86,56 +90,3 @@ def test_single_objective_study_prunes(tmp_path):
     for t in pruned:
         assert runs.loc[t.number, "status"] == "pruned"
         assert len(MetricsStore(db).epochs(int(runs.loc[t.number, "id"]))) < 6
-
-
-def _running_trial_of(storage_url, study_name, pid):
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
-    except KeyError:  # the workers have not created it yet
-        return None
-    for t in study.get_trials(states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker", "").endswith(f":{pid}") and t.user_attrs.get("run_id") is None:
-            return t
-    return None
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_two_workers_on_postgres_survive_a_killed_worker(postgres_server, tmp_path):
-    spec = TINY.read_text().replace('name = "tiny"', 'name = "pg-workers"').replace("epochs = 3", "epochs = 25")
-    path = write_spec(tmp_path, spec)
-    url = postgres_server.url
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "oialr", "study", "run", str(path), "--storage", url,
-           "--heartbeat", "1", "--quiet"]  # fmt: skip
-    victim = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    survivor = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.time() + 120
-    while killed is None and time.time() < deadline:
-        trial = _running_trial_of(url, "pg-workers", victim.pid)
-        started = trial is not None and trial._trial_id in set(MetricsStore(url).runs()["trial_id"])
-        if started:  # its metrics run is being written
-            os.kill(victim.pid, signal.SIGKILL)  # mid-trial, no chance to clean up
-            killed = trial
-        time.sleep(0.2)
-    assert killed is not None, "the victim never ran a trial"
-    victim.wait(timeout=30)
-    _, err = survivor.communicate(timeout=400)
-    assert survivor.returncode == 0, err[-3000:]
-
-    study = optuna.load_study(study_name="pg-workers", storage=url)
-    trials = study.get_trials()
-    states = {t.number: t.state for t in trials}
-    assert TrialState.RUNNING not in states.values() and TrialState.WAITING not in states.values()
-    assert states[killed.number] == TrialState.FAIL
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].params == killed.params
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) >= 6 and len({t.number for t in complete}) == len(complete)
-    runs = MetricsStore(url).runs(study_name="pg-workers")
-    dead = runs[runs["trial_id"] == killed._trial_id]
-    assert (dead["status"] == "failed").all() and "heartbeat" in dead["error"].iloc[0]
-    assert (runs["status"] != "running").all()

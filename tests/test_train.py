@@ -18,7 +18,9 @@ SMALL = dict(dataset="synthetic", epochs=3, batch_size=64, model_options={"width
 
 
 def config(**overrides):
-    return RunConfig.build(**{**SMALL, "delay": 20, "update_freq": 10, "sigma_cutoff": 0.2, **overrides})
+    return RunConfig.build(
+        **{**SMALL, "delay": 20, "update_freq": 10, "sigma_cutoff": 0.2, **overrides}
+    )
 
 
 @pytest.fixture
@@ -98,7 +100,12 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("model", "dataset_shape"),
-    [("mlp", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("resnet20", (3, 32, 32)), ("minivit", (3, 32, 32))],
+    [
+        ("mlp", (1, 28, 28)),
+        ("lenet5", (1, 28, 28)),
+        ("resnet20", (3, 32, 32)),
+        ("minivit", (3, 32, 32)),
+    ],
 )
 def test_every_model_converts_and_keeps_its_function(model, dataset_shape):
     torch.manual_seed(0)
@@ -116,7 +123,13 @@ def test_every_model_converts_and_keeps_its_function(model, dataset_shape):
 def test_cli_train_prints_json_and_reproduces_from_its_command(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     cfg = config(epochs=2, sigma_cutoff=0.3, oialr_options={"min_rank": 3})
-    args = shlex.split(train_command(cfg))[2:] + ["--storage", db, "--json", "--checkpoint-dir", str(tmp_path)]
+    args = shlex.split(train_command(cfg))[2:] + [
+        "--storage",
+        db,
+        "--json",
+        "--checkpoint-dir",
+        str(tmp_path),
+    ]
     assert main(["train", *args]) == 0
     printed = json.loads(capsys.readouterr().out)
     direct = fit(cfg)

@@ -1,0 +1,173 @@
+"""Faults a multi-day search meets: killed workers, a restarted database, signals, failing trials.
+
+Each test starts real processes (the `oialr` CLI) against real storage (SQLite, or a PostgreSQL
+server started on 127.0.0.1) and checks that nothing is lost and nothing is left RUNNING.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from oialr.store import MetricsStore
+
+ROOT = Path(__file__).parent.parent
+TINY = (Path(__file__).parent / "specs" / "tiny.toml").read_text()
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+pytestmark = pytest.mark.slow
+
+
+def spec_file(tmp_path, name, epochs=25, extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        TINY.replace('name = "tiny"', f'name = "{name}"').replace(
+            "epochs = 3", f"epochs = {epochs}"
+        )
+        + extra
+    )
+    return path
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "oialr", *args], env=ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def storage_url(kind, request, tmp_path):
+    if kind == "postgres":
+        return request.getfixturevalue("postgres_server").url
+    return f"sqlite:///{tmp_path / 'faults.db'}"
+
+
+def trials_of(url, name):
+    try:
+        return optuna.load_study(study_name=name, storage=url).get_trials()
+    except KeyError:  # not created yet
+        return []
+
+
+def wait_for_running_trial(url, name, pid=None, timeout=120):
+    """A RUNNING trial (of worker ``pid``) whose metrics run has started writing."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = [t for t in trials_of(url, name) if t.state == TrialState.RUNNING]
+        if pid is not None:
+            running = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+        started = set(MetricsStore(url).runs()["trial_id"])
+        for t in running:
+            if t._trial_id in started:
+                return t
+        time.sleep(0.2)
+    raise AssertionError(f"no running trial in {name} after {timeout} s")
+
+
+def assert_settled(url, name, n_complete):
+    trials = trials_of(url, name)
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, states
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= n_complete
+    runs = MetricsStore(url).runs(study_name=name)
+    assert (runs["status"] != "running").all()
+    for t in complete:  # every finished trial's metrics are intact
+        run = runs[runs["trial_id"] == t._trial_id].iloc[-1]
+        assert run["status"] == "complete"
+        assert len(MetricsStore(url).epochs(int(run["id"]))) == run["config"]["epochs"]
+    return trials
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_killed_worker_trial_is_failed_retried_and_completed(kind, request, tmp_path):
+    url, name = storage_url(kind, request, tmp_path), f"kill-{kind}"
+    spec = spec_file(tmp_path, name)
+    victim = start("study", "run", str(spec), "--storage", url, "--heartbeat", "1", "--quiet")
+    time.sleep(1.0)
+    survivor = start("study", "run", str(spec), "--storage", url, "--heartbeat", "1", "--quiet")
+    killed = wait_for_running_trial(url, name, pid=victim.pid)
+    os.kill(victim.pid, signal.SIGKILL)  # mid-trial: no chance to clean up
+    victim.wait(timeout=30)
+    _, err = survivor.communicate(timeout=400)
+    assert survivor.returncode == 0, err[-3000:]
+
+    trials = assert_settled(url, name, n_complete=6)
+    assert next(t for t in trials if t.number == killed.number).state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == killed.params
+    runs = MetricsStore(url).runs(study_name=name)
+    dead = runs[runs["trial_id"] == killed._trial_id]
+    assert (dead["status"] == "failed").all() and "heartbeat" in dead["error"].iloc[0]
+
+
+@pytest.mark.postgres
+def test_postgres_restart_during_a_study(postgres_server, tmp_path):
+    url, name = postgres_server.url, "restart"
+    worker = start("study", "run", str(spec_file(tmp_path, name)), "--storage", url,
+                   "--heartbeat", "1", "--quiet")  # fmt: skip
+    wait_for_running_trial(url, name)
+    postgres_server.stop_server()
+    time.sleep(3.0)  # down for a while: flushes and heartbeats fail and retry
+    postgres_server.restart_server()
+    _, err = worker.communicate(timeout=400)
+    assert worker.returncode == 0, err[-3000:]
+    assert_settled(url, name, n_complete=6)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_study_run_records_the_trial_and_rerun_continues(sig, tmp_path):
+    url, name = f"sqlite:///{tmp_path / 's.db'}", f"signal-{sig.name.lower()}"
+    spec = spec_file(tmp_path, name)
+    worker = start("study", "run", str(spec), "--storage", url, "--quiet")
+    stopped = wait_for_running_trial(url, name)
+    worker.send_signal(sig)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 130 and "run the same command again" in err, err[-2000:]
+    trial = next(t for t in trials_of(url, name) if t.number == stopped.number)
+    assert trial.state == TrialState.FAIL and sig.name in trial.user_attrs["fail_reason"]
+    run = MetricsStore(url).runs(study_name=name).set_index("trial_number").loc[stopped.number]
+    assert run["status"] == "failed" and sig.name in run["error"]
+    again = start("study", "run", str(spec), "--storage", url, "--quiet")
+    _, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err[-2000:]
+    assert_settled(url, name, n_complete=6)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_train_keeps_the_checkpoint_and_resume_finishes(sig, tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    args = ["train", "--dataset", "synthetic", "--epochs", "40", "--batch-size", "32", "--delay", "100",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--storage", url, "--quiet"]  # fmt: skip
+    run = start(*args)
+    checkpoint = tmp_path / "ckpt" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    run.send_signal(sig)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err[-2000:]
+    first = MetricsStore(url).runs().iloc[0]
+    assert first["status"] == "failed" and sig.name in first["error"]
+    resumed = start(*args, "--resume", "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert '"steps": ' + str(40 * (1843 // 32)) in out.replace("\n", "").replace("  ", " ")
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    extra = "\n[search.min_rank]\nchoices = [2.5, 1]\n"  # 2.5 is not a whole number of values
+    spec = spec_file(tmp_path, "failing", epochs=2, extra=extra)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    worker = start("study", "run", str(spec), "--storage", url, "--quiet", "--n-trials", "6")
+    _, err = worker.communicate(timeout=400)
+    assert worker.returncode == 0, err[-2000:]
+    trials = trials_of(url, "failing")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("min_rank" in t.user_attrs["fail_reason"] for t in failed)
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6
