@@ -1,0 +1,1 @@
+"""OIALR Studio, the Streamlit dashboard: `streamlit run app -- --storage URL`."""

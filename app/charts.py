@@ -49,7 +49,8 @@ def _layout(fig: go.Figure, title: str, height: int = 380, **layout) -> go.Figur
     # uirevision keeps the user's zoom and legend toggles across the app's reruns.
     defaults = {
         "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
-        "legend": {"orientation": "h", "y": -0.18},
+        # Top right, clear of axis titles (a legend below the plot collides with them).
+        "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
     }
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"},
@@ -64,15 +65,29 @@ def thin(frame: pd.DataFrame, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame
     """Every k-th row so that at most ``max_points`` remain; the last row is always kept."""
     if len(frame) <= max_points:
         return frame
-    stride = math.ceil(len(frame) / max_points)
+    # max_points - 1 evenly strided rows from the first one, plus the last.
+    stride = math.ceil((len(frame) - 1) / (max_points - 1))
     keep = np.zeros(len(frame), dtype=bool)
-    keep[::stride] = True
+    keep[: len(frame) - 1 : stride] = True
     keep[-1] = True
     return frame[keep]
 
 
 def _floats(values: pd.Series | Sequence) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+
+
+def _f32(values: pd.Series | Sequence) -> np.ndarray:
+    """Float32 for per-point payloads: half the bytes of float64, ample for plotting. Hover
+    templates format these values (``:.4~g``), or float32 noise would show (0.2 -> 0.200000003)."""
+    return _floats(values).astype(np.float32)
+
+
+def _column(values: pd.Series) -> np.ndarray:
+    """A parameter column for the browser: float32 if numeric, else its values as text."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float32)
+    return values.astype(str).to_numpy(dtype=object)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +132,11 @@ def pareto_mask(
     return mask
 
 
-def _hover(params: Sequence[str], first: int) -> str:
-    lines = [f"{label(p)} = %{{customdata[{first + k}]}}" for k, p in enumerate(params)]
+def _hover(frame: pd.DataFrame, params: Sequence[str], first: int) -> str:
+    lines = []
+    for k, p in enumerate(params):
+        number = ":.4~g" if pd.api.types.is_numeric_dtype(frame[p]) else ""
+        lines.append(f"{label(p)} = %{{customdata[{first + k}]{number}}}")
     return "<br>".join(lines)
 
 
@@ -150,30 +168,32 @@ def pareto_figure(
         tint = PALETTE[index % len(PALETTE)]
         suffix = f" · {name}" if len(studies) > 1 else ""
         params = list(params)
-        custom = np.column_stack(
-            [frame["number"].to_numpy(), np.full(len(frame), index)]
-            + [frame[p].to_numpy() for p in params]
-        )
-        hover = f"trial %{{customdata[0]}}{suffix}<br>{label(x)} = %{{x:.4f}}<br>"
-        hover += f"{label(y)} = %{{y:.4f}}<br>" + _hover(params, 2) + "<extra></extra>"
+        columns = [frame["number"].to_numpy(), np.full(len(frame), index)]
+        columns += [_column(frame[p]) for p in params]
+        custom = np.column_stack(columns)
+        if custom.dtype != object:
+            custom = custom.astype(np.float32)  # exact for trial numbers below 2**24
+        base = f"trial %{{customdata[0]}}{suffix}<br>{label(x)} = %{{x:.4f}}<br>"
+        base += f"{label(y)} = %{{y:.4f}}"
+        hover = base + "<br>" + _hover(frame, params, 2) + "<extra></extra>"
         mode = frame["mode"].fillna("oialr").to_numpy() if "mode" in frame else None
         searched = (
             np.ones(len(frame), dtype=bool)
             if mode is None
             else ~np.isin(mode, list(BASELINE_SYMBOLS))
         )
-        marker: dict = {"size": 9, "color": tint, "line": {"width": 0.5, "color": "white"}}
+        marker: dict = {"size": 9, "color": tint, "line": {"width": 0.6, "color": "#404040"}}
         if index == 0 and color is not None and color in frame:
             marker.update(
-                color=_floats(frame.loc[searched, color]),
+                color=_f32(frame.loc[searched, color]),
                 colorscale="Viridis",
                 showscale=True,
                 colorbar={"title": {"text": label(color)}, "len": 0.8},
             )
         fig.add_trace(
             go.Scattergl(
-                x=_floats(frame.loc[searched, x]),
-                y=_floats(frame.loc[searched, y]),
+                x=_f32(frame.loc[searched, x]),
+                y=_f32(frame.loc[searched, y]),
                 mode="markers",
                 name=f"OIALR trials{suffix}",
                 marker=marker,
@@ -192,7 +212,7 @@ def pareto_figure(
                         name=f"{baseline} baseline{suffix}",
                         marker={"symbol": symbol, "size": 16, "color": tint, "line": {"width": 1}},
                         customdata=custom[rows],
-                        hovertemplate=f"<b>{baseline} baseline</b><br>" + hover,
+                        hovertemplate=f"<b>{baseline} baseline</b><br>{base}<extra></extra>",
                     )
                 )
         front = pareto_mask(frame[x], frame[y], x_direction=x_direction, y_direction=y_direction)
@@ -211,8 +231,8 @@ def pareto_figure(
         if show_test and "test_acc" in frame:
             fig.add_trace(
                 go.Scattergl(
-                    x=_floats(frame[x]),
-                    y=_floats(frame["test_acc"]),
+                    x=_f32(frame[x]),
+                    y=_f32(frame["test_acc"]),
                     mode="markers",
                     name=f"test accuracy{suffix}",
                     marker={"symbol": "circle-open", "size": 8, "color": tint},
@@ -226,6 +246,24 @@ def pareto_figure(
     return fig
 
 
+def clicked_trial(points: Sequence[Mapping]) -> tuple[int, int] | None:
+    """(trial number, study index) of the first selected point of a :func:`pareto_figure`.
+
+    Streamlit passes customdata through as plotly.js holds it: a list for plain arrays, but an
+    object keyed "0", "1", ... for rows of a typed array (what numpy customdata becomes).
+    """
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, Mapping):
+            data = [data[k] for k in sorted(data, key=int)]
+        if isinstance(data, (list, tuple)) and len(data) >= 2:
+            try:
+                return int(data[0]), int(data[1])
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
 def space_figure(
     frame: pd.DataFrame,
     axes: Sequence[str],
@@ -233,7 +271,7 @@ def space_figure(
     log_axes: Sequence[bool] = (False, False, False),
 ) -> go.Figure:
     """A 3-D scatter of trials over three parameter columns, coloured by a result."""
-    xs, ys, zs = (_floats(frame[a]) for a in axes)
+    xs, ys, zs = (_f32(frame[a]) for a in axes)
     keep = np.isfinite(xs) & np.isfinite(ys) & np.isfinite(zs)
     fig = go.Figure(
         go.Scatter3d(
@@ -243,14 +281,14 @@ def space_figure(
             mode="markers",
             marker={
                 "size": 5,
-                "color": _floats(frame[color])[keep],
+                "color": _f32(frame[color])[keep],
                 "colorscale": "Viridis",
                 "showscale": True,
                 "colorbar": {"title": {"text": label(color)}},
             },
-            customdata=frame["number"].to_numpy()[keep],
+            customdata=frame["number"].to_numpy(dtype=np.int32)[keep],
             hovertemplate="trial %{customdata}<br>"
-            + "<br>".join(f"{label(a)} = %{{{k}}}" for a, k in zip(axes, "xyz"))
+            + "<br>".join(f"{label(a)} = %{{{k}:.4~g}}" for a, k in zip(axes, "xyz"))
             + f"<br>{label(color)} = %{{marker.color:.4f}}<extra></extra>",
         )
     )
@@ -298,17 +336,17 @@ def slices_figure(
         horizontal_spacing=0.03,
         vertical_spacing=0.12,
     )
-    numbers = frame["number"].to_numpy()
+    numbers = frame["number"].to_numpy(dtype=np.int32)
     for row, objective in enumerate(objectives, start=1):
         for col, param in enumerate(params, start=1):
             fig.add_trace(
                 go.Scattergl(
-                    x=frame[param].to_numpy(),
-                    y=_floats(frame[objective]),
+                    x=_column(frame[param]),
+                    y=_f32(frame[objective]),
                     mode="markers",
                     marker={"size": 6, "color": PALETTE[row - 1], "opacity": 0.7},
                     customdata=numbers,
-                    hovertemplate=f"trial %{{customdata}}<br>{label(param)} = %{{x}}<br>"
+                    hovertemplate=f"trial %{{customdata}}<br>{label(param)} = %{{x:.4~g}}<br>"
                     f"{label(objective)} = %{{y:.4f}}<extra></extra>",
                     showlegend=False,
                 ),
@@ -344,23 +382,23 @@ def parallel_figure(
     for column in columns:
         values = frame[column]
         dim: dict = {"label": label(column)}
-        if values.dtype == object and not pd.api.types.is_numeric_dtype(values.dropna()):
+        if not pd.api.types.is_numeric_dtype(values.dropna().infer_objects()):
             codes, names = pd.factorize(values.astype(str))
             dim.update(values=codes, tickvals=list(range(len(names))), ticktext=list(names))
         elif column in log_columns:
             data = _floats(values)
-            dim.update(values=np.log10(data), **_log_ticks(data))
+            dim.update(values=np.log10(data).astype(np.float32), **_log_ticks(data))
             if column in ranges:
                 dim["constraintrange"] = [math.log10(v) for v in ranges[column]]
         else:
-            dim["values"] = _floats(values)
+            dim["values"] = _f32(values)
             if column in ranges:
                 dim["constraintrange"] = list(ranges[column])
         dimensions.append(dim)
     fig = go.Figure(
         go.Parcoords(
             line={
-                "color": _floats(frame[color]),
+                "color": _f32(frame[color]),
                 "colorscale": "Viridis",
                 "showscale": True,
                 "colorbar": {"title": {"text": label(color)}},
@@ -442,13 +480,13 @@ def contour_figure(
         )
     fig.add_trace(
         go.Scattergl(
-            x=xs,
-            y=ys,
+            x=xs.astype(np.float32),
+            y=ys.astype(np.float32),
             mode="markers",
             marker={"size": 6, "color": "white", "line": {"width": 1, "color": "black"}},
-            customdata=frame["number"].to_numpy()[keep],
-            hovertemplate=f"trial %{{customdata}}<br>{label(z)} = %{{text}}<extra></extra>",
-            text=[f"{v:.4f}" for v in zs] if len(zs) <= 2_000 else None,
+            customdata=np.column_stack([frame["number"].to_numpy()[keep], zs]).astype(np.float32),
+            hovertemplate=f"trial %{{customdata[0]}}<br>{label(x)} = %{{x:.4~g}}<br>"
+            f"{label(y)} = %{{y:.4~g}}<br>{label(z)} = %{{customdata[1]:.4f}}<extra></extra>",
             name="trials",
             showlegend=False,
         )
@@ -476,8 +514,8 @@ def curves_figure(
     steps = thin(steps)
     fig.add_trace(
         go.Scattergl(
-            x=steps["step"].to_numpy(),
-            y=_floats(steps["loss"]),
+            x=steps["step"].to_numpy(dtype=np.int32),
+            y=_f32(steps["loss"]),
             mode="lines",
             name="train loss (step)",
             line={"width": 1, "color": PALETTE[0]},
@@ -517,7 +555,10 @@ def curves_figure(
         )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="loss", secondary_y=False)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], secondary_y=True)
+    # Own ticks on the accuracy axis (not synced to the loss axis's), no second grid.
+    fig.update_yaxes(
+        title_text="accuracy", range=[0, 1.02], tickmode="auto", showgrid=False, secondary_y=True
+    )
     return _layout(fig, "loss and accuracy")
 
 
@@ -640,22 +681,34 @@ def fraction_figure(epochs: pd.DataFrame) -> go.Figure:
 def spectrum_figure(
     sigma: Sequence[float], *, cutoff: float | None, rank: int | None, title: str
 ) -> go.Figure:
-    """Singular values of Σ (largest first) with the cutoff; kept ones coloured."""
+    """Singular values of Σ (largest first, log scale): kept ones coloured, dropped ones grey,
+    and the cutoff as a dashed line (a trace, so the axis range always includes it)."""
     values = np.asarray(sigma, dtype=float)
     index = np.arange(1, len(values) + 1)
     kept = index <= (rank if rank is not None else len(values))
-    fig = go.Figure(
-        go.Bar(
-            x=index,
-            y=values,
-            marker_color=np.where(kept, PALETTE[0], "#c0c0c0"),
-            hovertemplate="σ%{x} = %{y:.4g}<extra></extra>",
-            name="σ",
-        )
-    )
-    if cutoff is not None and np.isfinite(cutoff):
-        fig.add_hline(
-            y=float(cutoff), line={"dash": "dash", "color": "crimson"}, annotation_text="cutoff"
+    fig = go.Figure()
+    for name, part, tint in (("kept", kept, PALETTE[0]), ("dropped", ~kept, "#a0a0a0")):
+        if part.any():
+            fig.add_trace(
+                go.Scatter(
+                    x=index[part],
+                    y=values[part],
+                    mode="markers",
+                    marker={"size": 6, "color": tint},
+                    name=name,
+                    hovertemplate="σ%{x} = %{y:.4g}<extra></extra>",
+                )
+            )
+    if cutoff is not None and np.isfinite(cutoff) and len(values):
+        fig.add_trace(
+            go.Scatter(
+                x=[1, len(values)],
+                y=[cutoff, cutoff],
+                mode="lines",
+                line={"dash": "dash", "color": "crimson"},
+                name=f"cutoff {cutoff:.3g}",
+                hoverinfo="skip",
+            )
         )
     fig.update_xaxes(title_text="index (largest first)")
     fig.update_yaxes(title_text="singular value", type="log")

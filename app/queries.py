@@ -6,16 +6,19 @@ storage URL and are what the pages call: ``st.cache_resource`` holds one engine 
 ``st.cache_data(ttl=...)`` makes many viewers cost one read per TTL.
 
 Optuna's trials are read with a few SQL queries over its tables rather than through the Optuna
-API, which is ~100x slower at thousands of trials; the table layout is stable per
-``version_info.schema_version``, which :func:`probe` checks. The app only reads: SQLite files
-are opened with ``mode=ro`` (a missing file stays missing instead of being created) and
-``PRAGMA query_only``; PostgreSQL sessions are read-only transactions.
+API, which takes seconds at thousands of trials (and whose storage may create or migrate tables
+on open); the table layout is stable per ``version_info.schema_version``, which :func:`probe`
+checks. The app only reads: SQLite files are opened with ``mode=ro`` (a missing file stays
+missing instead of being created) and ``PRAGMA query_only``; PostgreSQL transactions are
+``READ ONLY``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import logging
 import sqlite3
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,6 +35,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from oialr.store import make_engine, mask_url
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///oialr.db"
 # Optuna RDB schema versions whose tables we read directly (Optuna 4.x-5.x write 12).
@@ -56,6 +61,8 @@ LIVE_WINDOW: dict[str, int] = {
     "oialr_layers": 50_000,
     "oialr_stability": 50_000,
 }
+# Importance evaluators usable here: Optuna's fANOVA needs scikit-learn, PED-ANOVA nothing more.
+EVALUATORS = ("ped-anova", "fanova") if importlib.util.find_spec("sklearn") else ("ped-anova",)
 _RUN_COLUMNS = (
     "id, name, study_name, trial_number, trial_id, mode, model, dataset, status, error, "
     "conversion_step, started_at, updated_at, finished_at, host"
@@ -188,7 +195,11 @@ def _frame(engine: Engine, sql: str, **params: Any) -> pd.DataFrame:
             stmt = stmt.bindparams(sa.bindparam(name, expanding=True))
     with engine.connect() as conn:
         result = conn.execute(stmt, params)
-        return pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
+        columns = list(result.keys())
+        # Rows straight from the DBAPI cursor (plain tuples): no result processing is needed
+        # for text() queries, and building a frame from Row objects costs several times more.
+        rows = result.cursor.fetchall() if result.returns_rows else []
+        return pd.DataFrame.from_records(rows, columns=columns)
 
 
 def probe(url: str, engine: Engine | None = None) -> StorageStatus:
@@ -239,7 +250,14 @@ def probe(url: str, engine: Engine | None = None) -> StorageStatus:
 
 
 def _decode(values: pd.Series) -> list[Any]:
-    return [json.loads(v) if isinstance(v, str) else None for v in values]
+    """JSON texts to Python values. Most user attrs are numbers, whose JSON text is also valid
+    float text: those take a vectorised path and only the rest go through ``json.loads``."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    out = numbers.astype(object)
+    texts = values.to_numpy(dtype=object)
+    for i in np.flatnonzero(np.isnan(numbers)):
+        out[i] = json.loads(texts[i]) if isinstance(texts[i], str) else None
+    return out.tolist()
 
 
 def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
@@ -310,7 +328,7 @@ def list_studies(engine: Engine) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     studies = counts.drop_duplicates("study_id")[["study_id", "study_name"]]
     studies = studies.rename(columns={"study_name": "study"}).set_index("study_id")
-    by_state = counts.pivot_table(index="study_id", columns="state", values="n", aggfunc="sum")
+    by_state = counts.groupby(["study_id", "state"])["n"].sum().unstack()
     for state in STATES:
         studies[state] = by_state.get(state, 0)
     studies[list(STATES)] = studies[list(STATES)].fillna(0).astype(int)
@@ -322,36 +340,37 @@ def list_studies(engine: Engine) -> pd.DataFrame:
 
     objectives = _objectives(engine, [int(i) for i in studies.index])
     studies["objectives"] = [", ".join(objectives[int(i)][0]) for i in studies.index]
-    # Results of complete trials: user attrs first, objective values where an attr is missing.
-    attrs = _frame(
+    # Results of complete trials, one row each: user attrs first (pivoted in SQL), objective
+    # values where an attr is missing.
+    results = _frame(
         engine,
-        "SELECT t.study_id, t.trial_id, a.key, a.value_json FROM trial_user_attributes a "
-        "JOIN trials t ON t.trial_id = a.trial_id "
-        "WHERE t.state = 'COMPLETE' AND a.key IN :keys",
+        "SELECT t.study_id, t.trial_id, "
+        "MAX(CASE WHEN a.key = 'val_acc' THEN a.value_json END) AS val_acc, "
+        "MAX(CASE WHEN a.key = 'trainable_fraction' THEN a.value_json END) "
+        "AS trainable_fraction, "
+        "MAX(CASE WHEN a.key = 'mode' THEN a.value_json END) AS mode "
+        "FROM trials t LEFT JOIN trial_user_attributes a "
+        "ON a.trial_id = t.trial_id AND a.key IN :keys "
+        "WHERE t.state = 'COMPLETE' GROUP BY t.study_id, t.trial_id",
         keys=["val_acc", "trainable_fraction", "mode"],
     )
-    attrs["value"] = _decode(attrs["value_json"])
-    wide = attrs.pivot_table(
-        index=["study_id", "trial_id"], columns="key", values="value", aggfunc="first"
-    )
+    for column in ("val_acc", "trainable_fraction"):
+        results[column] = pd.to_numeric(results[column], errors="coerce")
+    results["mode"] = _decode(results["mode"])
     values = _frame(
         engine,
         "SELECT t.study_id, t.trial_id, v.objective, v.value, v.value_type FROM trial_values v "
         "JOIN trials t ON t.trial_id = v.trial_id WHERE t.state = 'COMPLETE'",
     )
     values["value"] = _trial_values(values["value_type"], values["value"])
-    values["key"] = [
-        objectives[int(s)][0][int(o)] if int(o) < len(objectives[int(s)][0]) else ""
-        for s, o in zip(values["study_id"], values["objective"])
-    ]
-    from_values = values.pivot_table(
-        index=["study_id", "trial_id"], columns="key", values="value", aggfunc="first"
+    named = pd.DataFrame(
+        [(sid, i, name) for sid, (names, _) in objectives.items() for i, name in enumerate(names)],
+        columns=["study_id", "objective", "key"],
     )
-    results = wide.combine_first(from_values) if len(wide) else from_values
-    for column in ("val_acc", "trainable_fraction", "mode"):
-        if column not in results:
-            results[column] = np.nan
-    results = _numeric(results.reset_index())
+    values = values.merge(named, on=["study_id", "objective"])
+    for column in ("val_acc", "trainable_fraction"):
+        fill = values[values["key"] == column].set_index("trial_id")["value"]
+        results[column] = results[column].fillna(results["trial_id"].map(fill))
     for study_id, group in results.groupby("study_id"):
         best, dense, within = _summary(group)
         studies.loc[study_id, ["best_val_acc", "dense_val_acc", "min_fraction_within_1pt"]] = [
@@ -424,7 +443,7 @@ def load_study_trials(engine: Engine, study_id: int) -> StudyTrials:
         sid=study_id,
     )
     values["value"] = _trial_values(values["value_type"], values["value"])
-    values = values.pivot_table(index="trial_id", columns="objective", values="value")
+    values = values.pivot(index="trial_id", columns="objective", values="value")
 
     attrs = _frame(
         engine,
@@ -518,7 +537,7 @@ def param_importances(trials: StudyTrials, evaluator: str = "ped-anova") -> pd.D
                 distributions=dists,
                 values=[float(row[o]) for o in trials.objectives],
             )
-            for _, row in done.iterrows()
+            for row in done.to_dict("records")
         ]
     )
     rows = []
@@ -532,9 +551,14 @@ def param_importances(trials: StudyTrials, evaluator: str = "ped-anova") -> pd.D
         sign = -1.0 if trials.directions[i] == "maximize" else 1.0
         with warnings.catch_warnings():  # its "computes ... low target values" note: handled
             warnings.simplefilter("ignore", UserWarning)
-            scores = optuna.importance.get_param_importances(
-                study, evaluator=method, target=lambda t, i=i, s=sign: s * t.values[i]
-            )
+            try:
+                scores = optuna.importance.get_param_importances(
+                    study, evaluator=method, target=lambda t, i=i, s=sign: s * t.values[i]
+                )
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                # Degenerate data (e.g. one distinct value everywhere): no importances, no crash.
+                _logger.info("no importances for %s: %s", objective, exc)
+                continue
         rows += [(objective, param, float(score)) for param, score in scores.items()]
     return pd.DataFrame(rows, columns=["objective", "param", "importance"])
 
@@ -717,6 +741,9 @@ def _importances(url: str, study_id: int, evaluator: str, token: tuple) -> pd.Da
 
 @st.cache_data(ttl=2, show_spinner=False)
 def runs(url: str, study_name: str) -> pd.DataFrame:
+    """A study's runs; none while the oialr tables do not exist (no worker has started yet)."""
+    if not status(url).has_metrics:
+        return pd.DataFrame(columns=[c.strip() for c in _RUN_COLUMNS.split(",")])
     return study_runs(engine(url), study_name)
 
 
@@ -753,9 +780,11 @@ def sigma_row(url: str, layer_row_id: int) -> dict[str, Any] | None:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def layers_of_run(url: str, run_id: int) -> pd.DataFrame:
+    if not status(url).has_metrics:
+        return pd.DataFrame(columns=["layer", "rank", "sigma"])
     return layer_table(engine(url), run_id)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def epochs(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
-    return epochs_of_runs(engine(url), run_ids)
+    return epochs_of_runs(engine(url), run_ids if status(url).has_metrics else ())

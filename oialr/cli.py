@@ -205,7 +205,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         worker_command,
     )
 
-    spec = load_spec(args.spec)  # a bad spec stops here, before the storage is touched
+    spec = load_spec(args.spec, args.set or [])  # a bad spec stops here, before any write
     url = resolve_storage(args.storage)
     name = args.study_name or spec.name
     n_trials = args.n_trials or spec.budget.n_trials
@@ -221,6 +221,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
             code = 0
         else:
             cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat)
+            cmd += [f"--set={item}" for item in args.set or []]
             envs = []
             for i in range(workers):
                 env = dict(os.environ)
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--gpus", help="comma-separated GPU ids, one worker each")
     run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a spec field, e.g. --set run.epochs=3 (repeatable)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     run.set_defaults(func=cmd_study_run)
 

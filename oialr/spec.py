@@ -249,8 +249,28 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> StudySpec:
     return spec
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a TOML study spec."""
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["run.epochs=3", "budget.n_trials=8"]``: dotted keys, values as TOML literals."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set run.epochs=3")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare string
+        *parents, leaf = key.strip().split(".")
+        table = data
+        for part in parents:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a table")
+        table[leaf] = value
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    """Read and validate a TOML study spec, with ``--set KEY=VALUE`` overrides applied."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such spec file; the shipped ones are in studies/")
@@ -260,4 +280,4 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file; a spec is TOML") from None
-    return parse_spec(data, source=str(path))
+    return parse_spec(apply_overrides(data, list(overrides)), source=str(path))

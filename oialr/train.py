@@ -191,6 +191,25 @@ def evaluate(model, data, split: str, amp: bool, batch_size: int = 1024) -> tupl
     return total_loss / count, correct / count
 
 
+def _controller(cfg, model, optimizer, recorder, steps_per_epoch, total_steps) -> OIALR | None:
+    """The OIALR controller of an ``oialr`` or ``fixed-rank`` run (None when dense)."""
+    if cfg.mode == "dense":
+        return None
+    options = dict(cfg.oialr_options)
+    if cfg.mode == "fixed-rank":
+        options["fixed_rank"] = cfg.rank_fraction
+    update_freq = resolve_steps(cfg.update_freq, cfg.update_freq_unit, steps_per_epoch, total_steps)
+    return OIALR(
+        model,
+        optimizer,
+        resolve_steps(cfg.delay, cfg.delay_unit, steps_per_epoch, total_steps),
+        max(1, update_freq),
+        cfg.sigma_cutoff,
+        on_update=lambda _, records: recorder.layers(records),
+        **options,
+    )
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write then rename, so a crash mid-write never leaves a truncated checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,42 +263,25 @@ def fit(cfg: RunConfig, recorder: Recorder | None = None, *, resume: bool = Fals
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps)
     )
-    controller = None
-    if cfg.mode != "dense":
-        options = dict(cfg.oialr_options)
-        if cfg.mode == "fixed-rank":
-            options["fixed_rank"] = cfg.rank_fraction
-        controller = OIALR(
-            model,
-            optimizer,
-            resolve_steps(cfg.delay, cfg.delay_unit, steps_per_epoch, total_steps),
-            max(
-                1,
-                resolve_steps(cfg.update_freq, cfg.update_freq_unit, steps_per_epoch, total_steps),
-            ),
-            cfg.sigma_cutoff,
-            on_update=lambda _, records: recorder.layers(records),
-            **options,
-        )
     generator = torch.Generator().manual_seed(cfg.seed)
     ckpt_path = Path(cfg.checkpoint_dir) / "checkpoint.pt" if cfg.checkpoint_dir else None
     start_epoch, step, best_val, elapsed = 0, 0, 0.0, 0.0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if controller is not None:
-            controller.load_state_dict(ckpt["oialr"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
-        best_val, elapsed = ckpt["best_val"], ckpt["elapsed"]
-        _logger.info("resumed %s at epoch %d (step %d)", cfg.run_name, start_epoch, step)
-
-    recorder.start(cfg)
-    started = time.perf_counter() - elapsed
+    recorder.start(cfg)  # before the controller: a delay of 0 converts, and records, at once
     try:
+        controller = _controller(cfg, model, optimizer, recorder, steps_per_epoch, total_steps)
+        if resume and ckpt_path is not None and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            if controller is not None:
+                controller.load_state_dict(ckpt["oialr"])
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            generator.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+            best_val, elapsed = ckpt["best_val"], ckpt["elapsed"]
+            _logger.info("resumed %s at epoch %d (step %d)", cfg.run_name, start_epoch, step)
+        started = time.perf_counter() - elapsed
         if start_epoch >= cfg.epochs:  # resumed a finished run: just report it
             val_loss, val_acc = evaluate(model, data, "val", amp)
         for epoch in range(start_epoch, cfg.epochs):

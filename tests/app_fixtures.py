@@ -95,7 +95,7 @@ def build_study_db(url: str, *, n_trials: int = 4, name: str = "tiny") -> None:
             return
         attrs = {
             "run_id": result.run_id,
-            "val_acc": result.best_val_acc,
+            "val_acc": result.final_val_acc,  # as `oialr study run` reports it
             "test_acc": result.test_acc,
             "trainable_fraction": result.trainable_fraction,
             "stored_fraction": result.stored_fraction,
@@ -103,7 +103,7 @@ def build_study_db(url: str, *, n_trials: int = 4, name: str = "tiny") -> None:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        study.tell(trial, [result.best_val_acc, result.trainable_fraction])
+        study.tell(trial, [result.final_val_acc, result.trainable_fraction])
 
     try:
         run_trial("dense")
@@ -168,6 +168,50 @@ def build_failed_only_db(url: str, *, name: str = "all-failed") -> None:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
+def _checkpoint(path: Path) -> None:
+    """Moves WAL content into the database file, so the file alone holds every row."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def build_single_objective_db(url: str, *, name: str = "acc-only") -> None:
+    """A single-objective study (``["val_acc"]``) with a categorical parameter and no metrics
+    (runs not linked): what an accuracy-only spec with pruning records, without training."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=url, study_name=name, direction="maximize")
+    study.set_user_attr("oialr.objectives", ["val_acc"])
+    dists = {
+        "delay": IntDistribution(10, 1000, log=True),
+        "sigma_cutoff": FloatDistribution(0.01, 0.5, log=True),
+        "optimizer": CategoricalDistribution(["adamw", "sgd"]),
+    }
+    trials = [create_trial(value=0.9, user_attrs={"mode": "dense", "val_acc": 0.9})]
+    for i in range(6):
+        params = {"delay": 10 + 150 * i, "sigma_cutoff": 0.02 * (i + 1), "optimizer": "sgd"}
+        if i % 2:
+            params["optimizer"] = "adamw"
+        acc = 0.8 + 0.01 * i
+        attrs = {"mode": "oialr", "val_acc": acc, "trainable_fraction": 1 - 0.1 * i}
+        state = TrialState.PRUNED if i == 5 else TrialState.COMPLETE
+        trials.append(
+            create_trial(
+                state=state,
+                value=None if state == TrialState.PRUNED else acc,
+                params=params,
+                distributions=dists,
+                user_attrs=attrs,
+            )
+        )
+    study.add_trials(trials)
+
+
 # -- shared, built once per test process ----------------------------------------------------
 
 _BUILT: dict[str, Path] = {}
@@ -177,9 +221,11 @@ _LOCK = threading.Lock()
 def shared_databases(base: Path) -> dict[str, str]:
     """URLs of the databases the app tests use, built once per process under ``base``.
 
-    ``study``: the tiny study plus an all-failed study; ``empty``: only the oialr tables (no
-    Optuna study yet); ``optuna_empty``: Optuna's tables with no study; ``corrupt``: a file
-    that is not SQLite; ``missing``: a path that does not exist.
+    - ``study``: the tiny study, an all-failed study and a single-objective one;
+    - ``empty``: only the oialr tables (no Optuna study yet);
+    - ``optuna_empty``: Optuna's tables and no study;
+    - ``optuna_only``: a study, but no oialr tables yet (no worker has started);
+    - ``corrupt``: a file that is not SQLite; ``missing``: a path that does not exist.
     """
     with _LOCK:
         if "dir" not in _BUILT:
@@ -187,19 +233,25 @@ def shared_databases(base: Path) -> dict[str, str]:
             study = base / "study.db"
             build_study_db(f"sqlite:///{study}")
             build_failed_only_db(f"sqlite:///{study}")
+            build_single_objective_db(f"sqlite:///{study}")
             from oialr.store import MetricsStore
 
             MetricsStore(f"sqlite:///{base / 'empty.db'}").close()
             import optuna
 
             optuna.storages.RDBStorage(f"sqlite:///{base / 'optuna_empty.db'}")
+            # Optuna's tables only: a study whose workers have not created the oialr tables yet.
+            build_single_objective_db(f"sqlite:///{base / 'optuna_only.db'}")
             (base / "corrupt.db").write_bytes(b"this is not a database\n" * 200)
+            for name in ("study.db", "empty.db", "optuna_empty.db", "optuna_only.db"):
+                _checkpoint(base / name)
             _BUILT["dir"] = base
     root = _BUILT["dir"]
     return {
         "study": f"sqlite:///{root / 'study.db'}",
         "empty": f"sqlite:///{root / 'empty.db'}",
         "optuna_empty": f"sqlite:///{root / 'optuna_empty.db'}",
+        "optuna_only": f"sqlite:///{root / 'optuna_only.db'}",
         "corrupt": f"sqlite:///{root / 'corrupt.db'}",
         "missing": f"sqlite:///{root / 'missing' / 'nope.db'}",
     }

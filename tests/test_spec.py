@@ -75,6 +75,9 @@ BAD_ARGS = [
     (["study", "show", "tiny", "--storage", "sqlite:///{tmp}/missing.db"], "no such database file"),
     (["study", "best", "nosuch", "--storage", "sqlite:///{tmp}/empty.db"], "'nosuch' is not in"),
     (["study", "delete", "nosuch", "--storage", "sqlite:///{tmp}/empty.db"], "'nosuch' is not in"),
+    (["study", "run", "{tiny}", "--set", "run.epochs"], "expected KEY=VALUE"),
+    (["study", "run", "{tiny}", "--set", "run.epochs=-1"], "`epochs`"),
+    (["study", "run", "{tiny}", "--set", "name.x=1"], "'name' is not a table"),
 ]  # fmt: skip
 
 
@@ -106,6 +109,15 @@ def test_malformed_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and "invalid" in capsys.readouterr().err
+
+
+def test_overrides_change_the_spec(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    spec = load_spec(path, ["run.epochs=7", "budget.n_trials=3", 'objective.kind="accuracy"'])
+    assert (
+        spec.run["epochs"] == 7 and spec.budget.n_trials == 3 and spec.objective.kind == "accuracy"
+    )
 
 
 def test_shipped_specs_are_valid():

@@ -9,17 +9,18 @@ url = ctx["url"]
 st.title("Live")
 runs = queries.runs(url, ctx["study"])
 if runs.empty:
-    st.info(
-        "No run of this study has written metrics yet: runs appear here as soon as a worker starts."
-    )
+    st.info("No run of this study has written metrics yet: they appear once a worker starts.")
     st.stop()
 # Running first, then the most recently active.
 runs = runs.assign(live=runs["status"] == "running").sort_values(
     ["live", "updated_at"], ascending=False
 )
-labels = {int(r.id): f"trial {r.trial_number} · {r.mode} · {r.status}" for r in runs.itertuples()}
-run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="run", bind="query-params")
-running = bool(runs.loc[runs["id"] == run_id, "live"].iloc[0])
+by_trial = runs.set_index("trial_number")
+# Plain trial numbers as options: the URL (?trial=5) stays short and is shared with the Trial page.
+trial = st.selectbox("Trial", by_trial.index.tolist(), key="trial", bind="query-params")
+run = by_trial.loc[trial]
+run_id, running = int(run["id"]), bool(run["live"])
+st.caption(f"run {run_id} · {run['mode']} · {run['model']} on {run['dataset']}")
 auto = st.toggle("Refresh every 2 s", value=running, key="auto")
 
 
@@ -31,7 +32,7 @@ def live_view() -> None:
     run, frames = window["run"] or {}, window["frames"]
     steps, epochs = frames["oialr_steps"], frames["oialr_epochs"]
     layers, warmup = frames["oialr_layers"], frames["oialr_stability"]
-    st.caption(f"status **{run.get('status')}** · last write {run.get('updated_at')}")
+    st.caption(f"status **{run.get('status')}** · last write {run.get('updated_at')} UTC")
     if steps.empty and epochs.empty:
         st.info("This run has no metrics yet: the first rows arrive after its first logged steps.")
         return
@@ -55,19 +56,23 @@ def live_view() -> None:
     )
     if len(layers):
         with right:
-            names = sorted(layers["layer"].unique(), key=charts.layer_key)
-            layer = st.selectbox("Layer", names, key="spectrum_layer")
-            rows = layers[layers["layer"] == layer]
-            step = st.select_slider(
-                "Update at step", rows["step"].tolist(), value=rows["step"].iloc[-1]
-            )
-            row = queries.sigma_row(url, int(rows.loc[rows["step"] == step, "id"].iloc[-1]))
-            if row and row["sigma"]:
-                title = f"Σ of layer {layer} at step {step} ({row['event']})"
-                fig = charts.spectrum_figure(
-                    row["sigma"], cutoff=row["cutoff"], rank=row["rank_after"], title=title
-                )
-                st.plotly_chart(fig, key="spectrum")
+            spectrum_ui(layers)
+
+
+def spectrum_ui(layers) -> None:
+    """Σ's singular values for a chosen layer and update; by default the layer cut the most."""
+    last = layers.groupby("layer")["rank_fraction"].last()
+    names = sorted(last.index, key=charts.layer_key)
+    layer = st.selectbox("Layer", names, index=names.index(last.idxmin()), key="spectrum_layer")
+    rows = layers[layers["layer"] == layer]
+    step = st.select_slider("Update at step", rows["step"].tolist(), value=rows["step"].iloc[-1])
+    row = queries.sigma_row(url, int(rows.loc[rows["step"] == step, "id"].iloc[-1]))
+    if row and row["sigma"]:
+        title = f"Σ of layer {layer} at step {step} ({row['event']})"
+        fig = charts.spectrum_figure(
+            row["sigma"], cutoff=row["cutoff"], rank=row["rank_after"], title=title
+        )
+        st.plotly_chart(fig, key="spectrum")
 
 
 def _after() -> dict[str, int]:

@@ -45,12 +45,9 @@ st.plotly_chart(fig, key="parallel")
 left, right = st.columns(2)
 with left:
     evaluator = st.radio(
-        "Importance evaluator",
-        ["ped-anova", "fanova"],
-        horizontal=True,
-        key="evaluator",
+        "Importance evaluator", queries.EVALUATORS, horizontal=True, key="evaluator",
         bind="query-params",
-    )
+    )  # fmt: skip
     importances = queries.importances(ctx["url"], ctx["study_id"], evaluator)
     if importances.empty:
         st.caption("Importances need at least 3 complete trials with every parameter set.")

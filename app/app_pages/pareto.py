@@ -58,12 +58,19 @@ fig = charts.pareto_figure(
     x_direction=trials.direction(x),
     y_direction=trials.direction("val_acc"),
 )
-event = st.plotly_chart(fig, key="pareto", on_select="rerun", selection_mode="points")
+
+
+def _open() -> None:
+    """Runs before the next script run, so it may still change the bound study selector."""
+    clicked = charts.clicked_trial(st.session_state["pareto"].selection.points)
+    if clicked is not None:
+        st.session_state["study"], st.session_state["open_trial"] = names[clicked[1]], clicked[0]
+
+
+st.plotly_chart(fig, key="pareto", on_select=_open, selection_mode="points")
 st.caption("Click a point to open its trial.")
-points = event.selection.points if event else []
-if points and points[0].get("customdata"):
-    number, index = (int(v) for v in points[0]["customdata"][:2])
-    st.switch_page("app_pages/trial.py", query_params={"study": names[index], "trial": number})
+if (number := st.session_state.pop("open_trial", None)) is not None:
+    st.switch_page("app_pages/trial.py", query_params={"trial": number})
 
 space = [queries.PARAM_PREFIX + p for p in ("delay", "update_freq", "sigma_cutoff")]
 if all(p in done for p in space):

@@ -13,18 +13,39 @@ if frame.empty:
     st.info(f"`{ctx['study']}` has no trials yet.")
     st.stop()
 names = {int(n): f"{n} · {r['mode']} · {r['state'].lower()}" for n, r in frame.iterrows()}
-trial = st.selectbox("Trial", list(names), format_func=names.get, key="trial", bind="query-params")
+numbers = list(names)
+# Without a trial in the URL, open the best complete searched one by the first objective.
+score = frame[trials.objectives[0]].where(frame["state"] == "COMPLETE")
+if score[~frame["mode"].isin(charts.BASELINE_SYMBOLS)].notna().any():
+    score = score[~frame["mode"].isin(charts.BASELINE_SYMBOLS)]
+if score.isna().all():
+    best = None
+else:
+    best = score.idxmax() if trials.directions[0] == "maximize" else score.idxmin()
+default = numbers.index(best) if best is not None else 0
+# Plain numbers as options: a bound widget writes its *label* to the URL, and ?trial=5 must
+# stay valid when the trial's state changes.
+trial = st.selectbox("Trial", numbers, index=default, key="trial", bind="query-params")
 row = frame.loc[trial]
 st.title(f"Trial {trial} of {ctx['study']}")
+st.caption(f"{row['mode']} · {row['state'].lower()}")
 
-params = {p: row[queries.PARAM_PREFIX + p] for p in trials.params}
-results = ["val_acc", "test_acc", "trainable_fraction", "stored_fraction", "wall_time"]
+params = {
+    p: row[queries.PARAM_PREFIX + p]
+    for p in trials.params
+    if pd.notna(row[queries.PARAM_PREFIX + p])
+}
+results = [*trials.objectives, "test_acc", "stored_fraction", "wall_time"]
+results = list(dict.fromkeys(k for k in results if k in row and pd.notna(row[k])))
 left, right = st.columns(2)
 left.subheader("Parameters")
-left.dataframe(pd.DataFrame({"value": params}).dropna(), width="stretch")
+if params:
+    left.dataframe(pd.DataFrame({"value": params}), width="stretch")
+else:
+    left.caption(f"A {row['mode']} baseline: no searched parameters.")
 right.subheader("Results")
 cells = right.columns(3)
-for index, key in enumerate(k for k in results if pd.notna(row.get(k))):
+for index, key in enumerate(results):
     cells[index % 3].metric(charts.label(key), f"{row[key]:.4g}")
 if row["state"] == "FAIL":
     st.error(f"Failed: {row.get('fail_reason') or 'no reason recorded'}")
@@ -33,28 +54,24 @@ if isinstance(row.get("command"), str):
 
 run_ids = queries.trial_runs(trials, queries.runs(url, ctx["study"]))
 run_id = run_ids.get(trial)
-compare = st.multiselect(
-    "Compare with",
-    [n for n in names if n != trial],
-    format_func=names.get,
-    key="compare",
-    bind="query-params",
-)
+layers = queries.layers_of_run(url, int(run_id)) if pd.notna(run_id) else None
+st.subheader("Layers")
+if layers is None:
+    st.info("No metrics recorded for this trial yet: its run appears once a worker starts it.")
+elif layers.empty:
+    st.caption("No low-rank layers: a dense run, or one not converted yet.")
+else:
+    st.dataframe(layers.drop(columns=["sigma"]), hide_index=True, width="stretch")
+    st.plotly_chart(charts.spectra_figure(layers), key="spectra")
+
+st.subheader("Compare")
+others = [n for n in numbers if n != trial]
+compare = st.multiselect("Compare with trials", others, key="compare", bind="query-params")
+shown = ["state", "mode", *results, *(queries.PARAM_PREFIX + p for p in trials.params)]
+side = frame.loc[[trial, *compare], [c for c in shown if c in frame]]
+st.dataframe(side.set_axis([names[n] for n in side.index]).T.astype(str), width="stretch")
 chosen = [n for n in [trial, *compare] if pd.notna(run_ids.get(n))]
-side = frame.loc[[trial, *compare]].set_index("number").drop(columns=["trial_id"])
-st.dataframe(side.T.astype(str), width="stretch")
 if chosen:
     epochs = queries.epochs(url, tuple(int(run_ids[n]) for n in chosen))
     labels = {int(run_ids[n]): names[n] for n in chosen}
     st.plotly_chart(charts.compare_figure(epochs, labels), key="compare_chart")
-
-if pd.isna(run_id):
-    st.info("No metrics recorded for this trial yet: its run appears once a worker starts it.")
-    st.stop()
-layers = queries.layers_of_run(url, int(run_id))
-if layers.empty:
-    st.caption("No low-rank layers: a dense run, or it has not been converted yet.")
-    st.stop()
-st.subheader("Layers")
-st.dataframe(layers.drop(columns=["sigma"]), hide_index=True, width="stretch")
-st.plotly_chart(charts.spectra_figure(layers), key="spectra")

@@ -1,0 +1,340 @@
+"""Unit tests of the dashboard's figure builders (app/charts.py) on small DataFrames."""
+
+from __future__ import annotations
+
+import itertools
+
+import app_fixtures  # noqa: F401  (puts the repository root on sys.path for `app`)
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app import charts
+
+# -- Pareto front ------------------------------------------------------------------------------
+
+
+def _brute_force(x, y, x_dir, y_dir) -> list[bool]:
+    """O(n²) reference: a point is on the front unless another dominates it."""
+    sx = 1 if x_dir == "minimize" else -1
+    sy = 1 if y_dir == "minimize" else -1
+    out = []
+    for i in range(len(x)):
+        if np.isnan(x[i]) or np.isnan(y[i]):
+            out.append(False)
+            continue
+        dominated = any(
+            sx * x[j] <= sx * x[i]
+            and sy * y[j] <= sy * y[i]
+            and (sx * x[j] < sx * x[i] or sy * y[j] < sy * y[i])
+            for j in range(len(x))
+            if j != i and not (np.isnan(x[j]) or np.isnan(y[j]))
+        )
+        out.append(not dominated)
+    return out
+
+
+def test_pareto_mask_small_fraction_high_accuracy():
+    fraction = [0.1, 0.5, 0.5, 1.0, 0.3]
+    accuracy = [0.80, 0.90, 0.85, 0.90, 0.79]
+    assert charts.pareto_mask(fraction, accuracy).tolist() == [True, True, False, False, False]
+
+
+def test_pareto_mask_keeps_duplicates_and_drops_nan():
+    mask = charts.pareto_mask([0.2, 0.2, np.nan, 0.4], [0.9, 0.9, 0.99, 0.8])
+    assert mask.tolist() == [True, True, False, False]
+
+
+def test_pareto_mask_respects_directions():
+    x, y = [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]
+    # Small x with large y: the first point beats both others.
+    assert charts.pareto_mask(x, y).tolist() == [True, False, False]
+    # Both minimised (or both maximised): a pure trade-off, every point is on the front.
+    assert charts.pareto_mask(x, y, y_direction="minimize").tolist() == [True, True, True]
+    assert charts.pareto_mask(x, y, x_direction="maximize").tolist() == [True, True, True]
+    both = {"x_direction": "maximize", "y_direction": "minimize"}
+    assert charts.pareto_mask(x, y, **both).tolist() == [False, False, True]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.1, 0.2, 0.3, 0.5, np.nan]),
+            st.sampled_from([0.7, 0.8, 0.9, np.nan]),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(list(itertools.product(["minimize", "maximize"], repeat=2))),
+)
+def test_pareto_mask_matches_brute_force(points, directions):
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    got = charts.pareto_mask(x, y, x_direction=directions[0], y_direction=directions[1])
+    assert got.tolist() == _brute_force(x, y, *directions)
+
+
+# -- study-level figures ---------------------------------------------------------------------
+
+
+def _trials(n: int = 8, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "number": np.arange(n),
+            "state": "COMPLETE",
+            "mode": ["dense", "fixed-rank"] + ["oialr"] * (n - 2),
+            "val_acc": rng.uniform(0.8, 0.9, n),
+            "test_acc": rng.uniform(0.8, 0.9, n),
+            "trainable_fraction": np.r_[1.0, 0.25, rng.uniform(0.05, 0.6, n - 2)],
+            "stored_fraction": np.r_[1.0, 0.5, rng.uniform(0.1, 1.2, n - 2)],
+            "params_delay": np.r_[np.nan, np.nan, rng.integers(100, 2000, n - 2)],
+            "params_update_freq": np.r_[np.nan, np.nan, rng.integers(10, 500, n - 2)],
+            "params_sigma_cutoff": np.r_[np.nan, np.nan, rng.uniform(0.01, 0.5, n - 2)],
+        }
+    )
+    return frame
+
+
+PARAMS = ["params_delay", "params_update_freq", "params_sigma_cutoff"]
+
+
+def test_pareto_figure_draws_trials_baselines_and_front():
+    frame = _trials()
+    fig = charts.pareto_figure([("s", frame, PARAMS)], color="params_delay")
+    names = [t.name for t in fig.data]
+    assert names == ["OIALR trials", "dense baseline", "fixed-rank baseline", "Pareto front"]
+    trials, dense, fixed, front = fig.data
+    assert isinstance(trials, go.Scattergl)  # WebGL: thousands of points stay fluid
+    assert len(trials.x) == 6 and trials.marker.showscale
+    assert dense.marker.symbol == "star" and fixed.marker.symbol == "diamond"
+    mask = charts.pareto_mask(frame["trainable_fraction"], frame["val_acc"])
+    expected = frame[mask].sort_values("trainable_fraction")
+    assert np.allclose(front.x, expected["trainable_fraction"])
+    assert np.allclose(front.y, expected["val_acc"])
+    assert front.line.shape == "hv"
+    # customdata = (trial number, study index, params...) so a click can open the trial.
+    assert np.asarray(trials.customdata)[:, 0].tolist() == list(range(2, 8))
+    assert set(np.asarray(trials.customdata)[:, 1]) == {0}
+    assert "delay" in trials.hovertemplate and "delay" not in dense.hovertemplate
+    assert fig.layout.xaxis.title.text == "trainable fraction"
+
+
+def test_pareto_figure_overlays_studies_and_test_accuracy():
+    fig = charts.pareto_figure(
+        [("a", _trials(), PARAMS), ("b", _trials(seed=1), PARAMS[:1])],
+        x="stored_fraction",
+        show_test=True,
+    )
+    names = [t.name for t in fig.data]
+    assert "Pareto front · a" in names and "Pareto front · b" in names
+    assert "test accuracy · b" in names
+    b_trials = fig.data[names.index("OIALR trials · b")]
+    assert set(np.asarray(b_trials.customdata)[:, 1]) == {1}
+    assert fig.layout.xaxis.title.text == "stored fraction"
+
+
+def test_pareto_figure_stays_small_at_thousands_of_trials():
+    fig = charts.pareto_figure([("big", _trials(3000), PARAMS)], color="params_sigma_cutoff")
+    assert len(fig.data) == 4  # never one trace per trial
+    assert len(fig.to_json()) < 400_000
+
+
+def test_clicked_trial_reads_lists_and_typed_array_rows():
+    assert charts.clicked_trial([{"customdata": [7, 1, 0.3]}]) == (7, 1)
+    assert charts.clicked_trial([{"customdata": {"1": 0, "0": 4, "2": 9}}]) == (4, 0)
+    assert charts.clicked_trial([{"x": 1}]) is None
+    assert charts.clicked_trial([]) is None
+
+
+def test_space_figure_is_one_3d_trace_with_log_axis():
+    fig = charts.space_figure(_trials(), PARAMS, log_axes=(False, False, True))
+    assert len(fig.data) == 1 and isinstance(fig.data[0], go.Scatter3d)
+    assert len(fig.data[0].x) == 6  # baselines have no parameters
+    assert fig.layout.scene.zaxis.type == "log"
+
+
+def test_states_figure_stacks_one_bar_trace_per_state():
+    summary = pd.DataFrame(
+        {"study": ["a", "b"], "COMPLETE": [3, 1], "RUNNING": [1, 0], "FAIL": [0, 2]}
+    )
+    fig = charts.states_figure(summary)
+    assert [t.name for t in fig.data] == ["complete", "running", "fail"]
+    assert fig.layout.barmode == "stack"
+    assert list(fig.data[0].x) == [3, 1]
+
+
+def test_slices_figure_has_a_cell_per_objective_and_parameter():
+    fig = charts.slices_figure(
+        _trials(), PARAMS, ["val_acc", "trainable_fraction"], log_params=["params_sigma_cutoff"]
+    )
+    assert len(fig.data) == 6
+    assert all(isinstance(t, go.Scattergl) for t in fig.data)
+    assert fig.layout.xaxis3.type == "log" and fig.layout.xaxis.type != "log"
+    assert fig.layout.yaxis.title.text == "validation accuracy"
+
+
+def test_parallel_figure_is_one_parcoords_with_slider_ranges():
+    frame = _trials(2000).dropna()
+    frame["params_opt"] = np.where(frame["number"] % 2, "adamw", "sgd")
+    fig = charts.parallel_figure(
+        frame,
+        [*PARAMS, "params_opt", "val_acc"],
+        "val_acc",
+        ranges={"params_delay": (200.0, 900.0), "params_sigma_cutoff": (0.05, 0.2)},
+        log_columns=["params_sigma_cutoff"],
+    )
+    assert len(fig.data) == 1 and isinstance(fig.data[0], go.Parcoords)
+    dims = {d.label: d for d in fig.data[0].dimensions}
+    assert list(dims["delay"].constraintrange) == [200.0, 900.0]
+    assert np.allclose(dims["sigma cutoff"].constraintrange, np.log10([0.05, 0.2]))
+    assert dims["sigma cutoff"].ticktext  # log axis labelled in real values
+    assert sorted(dims["opt"].ticktext) == ["adamw", "sgd"]
+    assert len(fig.to_json()) < 300_000
+
+
+def test_importance_figure_has_a_bar_trace_per_objective():
+    imp = pd.DataFrame(
+        {
+            "objective": ["val_acc"] * 2 + ["trainable_fraction"] * 2,
+            "param": ["delay", "sigma_cutoff"] * 2,
+            "importance": [0.7, 0.3, 0.1, 0.9],
+        }
+    )
+    fig = charts.importance_figure(imp)
+    assert [t.name for t in fig.data] == ["validation accuracy", "trainable fraction"]
+    assert list(fig.data[1].x) == [0.1, 0.9]
+
+
+def test_contour_figure_bins_scattered_trials_into_a_grid():
+    frame = _trials(200).dropna()
+    fig = charts.contour_figure(
+        frame, "params_delay", "params_sigma_cutoff", "val_acc", log_y=True, bins=12
+    )
+    contour, points = fig.data
+    assert isinstance(contour, go.Contour) and np.asarray(contour.z).shape == (12, 12)
+    assert contour.connectgaps
+    assert len(points.x) == len(frame)
+    assert fig.layout.yaxis.type == "log"
+    lone = charts.contour_figure(frame.head(2), "params_delay", "params_sigma_cutoff", "val_acc")
+    assert [type(t) for t in lone.data] == [go.Scattergl]  # too few trials for a surface
+
+
+# -- run-level figures -------------------------------------------------------------------------
+
+
+def _layers(n_layers: int = 3, n_updates: int = 4) -> pd.DataFrame:
+    rows = []
+    for u in range(n_updates):
+        for layer in range(n_layers):
+            rank = 64 - 8 * u - layer
+            rows.append(
+                {
+                    "id": len(rows) + 1,
+                    "step": 100 + 50 * u,
+                    "layer": str(layer * 5),
+                    "event": "convert" if u == 0 else "update",
+                    "rank_after": rank,
+                    "rank_fraction": rank / 64,
+                    "stability": np.nan if u == 0 else 0.9 + 0.02 * u,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_curves_figure_marks_conversion_and_updates():
+    steps = pd.DataFrame({"step": np.arange(10_000), "loss": np.linspace(2, 0.1, 10_000)})
+    epochs = pd.DataFrame({"step": [5000, 10000], "train_acc": [0.7, 0.8], "val_acc": [0.65, 0.75]})
+    fig = charts.curves_figure(steps, epochs, update_steps=[200, 300, 300], conversion_step=100)
+    loss, train, val, updates = fig.data
+    assert len(loss.x) <= charts.MAX_LINE_POINTS and loss.x[-1] == 9999  # thinned, tail kept
+    assert val.yaxis == "y2" and list(val.y) == [0.65, 0.75]
+    assert list(updates.x) == [200.0, 300.0]
+    assert fig.layout.shapes[0].x0 == 100
+
+
+def test_curves_figure_without_epochs_or_conversion():
+    steps = pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.9]})
+    fig = charts.curves_figure(steps, pd.DataFrame(columns=["step", "val_acc", "train_acc"]))
+    assert len(fig.data) == 1 and not fig.layout.shapes
+
+
+def test_rank_heatmap_is_layers_by_steps_in_numeric_layer_order():
+    layers = _layers(n_layers=3, n_updates=4)
+    layers.loc[layers["layer"] == "10", "layer"] = "10"
+    fig = charts.rank_heatmap(layers)
+    heat = fig.data[0]
+    assert np.asarray(heat.z).shape == (3, 4)
+    assert list(heat.y) == ["0", "5", "10"]  # numeric module names sort as numbers
+    assert np.asarray(heat.customdata)[0, 0] == 64
+
+
+def test_rank_heatmap_caps_its_columns():
+    fig = charts.rank_heatmap(_layers(n_layers=2, n_updates=1000))
+    assert np.asarray(fig.data[0].z).shape[1] <= charts.MAX_HEATMAP_COLUMNS + 1
+
+
+def test_rank_lines_one_trace_per_layer():
+    fig = charts.rank_lines(_layers())
+    assert [t.name for t in fig.data] == ["0", "5", "10"]
+    assert list(fig.data[0].y) == [64, 56, 48, 40]
+
+
+def test_stability_figure_splits_warmup_and_low_rank_phases():
+    warmup = pd.DataFrame({"step": [20, 40, 20, 40], "layer": ["0", "0", "5", "5"]})
+    warmup["stability"] = [0.5, 0.8, 0.6, 0.9]
+    fig = charts.stability_figure(warmup, _layers(n_layers=2), conversion_step=100)
+    names = [t.name for t in fig.data]
+    assert names == ["0 (warm-up)", "0 (low-rank)", "5 (warm-up)", "5 (low-rank)"]
+    assert fig.data[1].line.dash == "dash" and fig.data[0].line.color == fig.data[1].line.color
+    assert len(fig.data[1].x) == 3  # the conversion record has no stability
+    assert fig.layout.shapes  # conversion line
+
+
+def test_fraction_figure_draws_both_fractions():
+    epochs = pd.DataFrame(
+        {"step": [10, 20], "trainable_fraction": [0.5, 0.3], "stored_fraction": [0.9, 0.6]}
+    )
+    fig = charts.fraction_figure(epochs)
+    assert [t.name for t in fig.data] == ["trainable fraction", "stored fraction"]
+
+
+def test_spectrum_figure_colours_kept_values_and_draws_cutoff():
+    fig = charts.spectrum_figure([5.0, 3.0, 1.0, 0.2], cutoff=0.5, rank=3, title="Σ")
+    kept, dropped, cutoff = fig.data
+    assert list(kept.y) == [5.0, 3.0, 1.0] and list(dropped.y) == [0.2]
+    assert list(cutoff.y) == [0.5, 0.5]
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_spectra_figure_normalises_each_layer():
+    layers = pd.DataFrame(
+        {"layer": ["0", "5"], "rank": [2, 1], "sigma": [[4.0, 2.0], [10.0, 1.0, 0.1]]}
+    )
+    fig = charts.spectra_figure(layers)
+    assert [t.y[0] for t in fig.data] == [1.0, 1.0]
+    assert list(fig.data[1].y) == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_compare_figure_two_panels_per_run():
+    epochs = pd.DataFrame(
+        {
+            "run_id": [1, 1, 2, 2],
+            "epoch": [1, 2, 1, 2],
+            "val_acc": [0.8, 0.85, 0.7, 0.9],
+            "trainable_fraction": [1, 1, 0.4, 0.3],
+        }
+    )
+    fig = charts.compare_figure(epochs, {1: "trial 0", 2: "trial 3"})
+    assert [t.name for t in fig.data] == ["trial 0", "trial 0", "trial 3", "trial 3"]
+    assert [t.showlegend for t in fig.data] == [True, False, True, False]
+
+
+def test_thin_keeps_the_last_row():
+    frame = pd.DataFrame({"a": np.arange(10_001)})
+    thinned = charts.thin(frame, 1000)
+    assert len(thinned) <= 1001 and thinned["a"].iloc[-1] == 10_000
+    assert charts.thin(frame.head(5), 1000).equals(frame.head(5))

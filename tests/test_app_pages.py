@@ -1,0 +1,324 @@
+"""The dashboard's pages through Streamlit's AppTest, and its queries, on a real tiny study.
+
+The study database is built once per test process by ``app_fixtures.shared_databases``: a real
+two-objective Optuna study whose trials trained real models into the metrics store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import app_fixtures
+import pytest
+import sqlalchemy as sa
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from app import queries
+from oialr.store import MetricsStore
+
+APP = str(app_fixtures.REPO / "app" / "streamlit_app.py")
+PAGES = {
+    "studies": "app_pages/studies.py",
+    "live": "app_pages/live.py",
+    "pareto": "app_pages/pareto.py",
+    "parameters": "app_pages/parameters.py",
+    "trial": "app_pages/trial.py",
+}
+
+
+@pytest.fixture(scope="session")
+def dbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return app_fixtures.shared_databases(tmp_path_factory.getbasetemp() / "app-dbs")
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    # st.cache_data / cache_resource outlive an AppTest: one test must not see another's reads.
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()  # dispose of engines on files a later test may delete
+
+
+def run_page(monkeypatch, url: str, page: str = "studies", **query) -> AppTest:
+    monkeypatch.setenv("OIALR_STORAGE", url)
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    if page != "studies":
+        at.switch_page(PAGES[page])
+    return at.run()
+
+
+def charts_of(at: AppTest) -> list[dict]:
+    return [json.loads(element.proto.spec) for element in at.get("plotly_chart")]
+
+
+def texts(at: AppTest) -> str:
+    parts = [
+        e.value
+        for kind in ("info", "error", "warning", "caption", "markdown")
+        for e in getattr(at, kind)
+    ]
+    return "\n".join(str(p) for p in parts)
+
+
+# -- pages on the study ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("page", "min_charts"),
+    [("studies", 1), ("live", 6), ("pareto", 2), ("parameters", 4), ("trial", 2)],
+)
+def test_every_page_renders_the_study(monkeypatch, dbs, page, min_charts):
+    at = run_page(monkeypatch, dbs["study"], page)
+    assert not at.exception, at.exception
+    assert not at.error
+    assert len(at.get("plotly_chart")) >= min_charts
+    assert at.selectbox(key="study").value == "tiny"
+    assert "sqlite:///" in at.sidebar.caption[0].value
+
+
+def test_studies_page_summarises_every_study(monkeypatch, dbs):
+    at = run_page(monkeypatch, dbs["study"])
+    table = at.dataframe[0].value.set_index("study")
+    assert set(table.index) == {"tiny", "all-failed", "acc-only"}
+    assert table.loc["tiny", ["COMPLETE", "FAIL", "RUNNING"]].tolist() == [4, 1, 1]
+    assert table.loc["all-failed", "FAIL"] == 2
+    tiny = table.loc["tiny"]
+    assert tiny["best_val_acc"] >= tiny["dense_val_acc"] > 0.5
+    assert 0 < tiny["min_fraction_within_1pt"] < 1 or tiny.isna()["min_fraction_within_1pt"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "No database file"),
+        ("empty", "No Optuna study"),
+        ("optuna_empty", "No studies"),
+        ("corrupt", "Cannot read"),
+    ],
+)
+@pytest.mark.parametrize("page", list(PAGES))
+def test_empty_storage_shows_a_message_not_a_traceback(monkeypatch, dbs, kind, message, page):
+    at = run_page(monkeypatch, dbs[kind], page)
+    assert not at.exception
+    assert message in at.info[0].value
+    assert not at.get("plotly_chart")
+    if kind == "missing":
+        assert not Path(dbs[kind].removeprefix("sqlite:///")).parent.exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        ("live", "No run of this study"),
+        ("pareto", "No complete trial"),
+        ("parameters", "No complete searched trial"),
+        ("trial", "No metrics recorded"),
+    ],
+)
+def test_a_study_with_only_failed_trials_explains_itself(monkeypatch, dbs, page, message):
+    at = run_page(monkeypatch, dbs["study"], page, study="all-failed")
+    assert not at.exception
+    assert at.selectbox(key="study").value == "all-failed"
+    assert message in at.info[0].value
+    if page == "trial":
+        assert "dataset 'nope' is unknown" in at.error[0].value
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+@pytest.mark.parametrize("db", ["study", "optuna_only"])
+def test_a_single_objective_study_without_metrics_renders(monkeypatch, dbs, page, db):
+    at = run_page(monkeypatch, dbs[db], page, study="acc-only")
+    assert not at.exception, at.exception
+    assert not at.error
+    if page in ("pareto", "parameters"):
+        assert at.get("plotly_chart")
+    if page == "parameters":
+        parcoords = next(c for c in charts_of(at) if c["data"][0]["type"] == "parcoords")
+        optimizer = next(d for d in parcoords["data"][0]["dimensions"] if d["label"] == "optimizer")
+        assert optimizer["ticktext"] == ["sgd", "adamw"]  # categorical choices, not indices
+
+
+def test_password_is_masked_wherever_the_url_is_shown(monkeypatch):
+    url = "postgresql+psycopg://me:hunter2@127.0.0.1:1/oialr"  # nothing listens on port 1
+    at = run_page(monkeypatch, url, "pareto")
+    assert not at.exception
+    shown = texts(at) + at.sidebar.caption[0].value
+    assert "hunter2" not in shown and "me:***@127.0.0.1" in shown
+    assert "Cannot read" in at.info[0].value
+
+
+def test_trial_page_opens_the_trial_in_the_url(monkeypatch, dbs):
+    at = run_page(monkeypatch, dbs["study"], "trial", trial="3")
+    assert not at.exception
+    assert at.title[0].value == "Trial 3 of tiny"
+    assert at.code[0].value.startswith("oialr train --mode oialr")
+    layers = at.dataframe[1].value
+    assert {"layer", "full_rank", "rank", "rank_fraction", "mean_stability"} <= set(layers)
+    assert (layers["rank"] <= layers["full_rank"]).all()
+    at.multiselect(key="compare").set_value([0, 1]).run()
+    comparison = charts_of(at)[-1]
+    assert len(comparison["data"]) == 6  # val acc + fraction for 3 runs
+
+
+def test_pareto_page_options_come_from_the_url(monkeypatch, dbs):
+    query = {"x": "stored fraction", "color": "delay", "test": "true", "overlay": "all-failed"}
+    at = run_page(monkeypatch, dbs["study"], "pareto", **query)
+    assert not at.exception
+    pareto = charts_of(at)[0]
+    names = [trace["name"] for trace in pareto["data"]]
+    assert "Pareto front · tiny" in names and "test accuracy · tiny" in names
+    assert "OIALR trials · all-failed" in names
+    assert pareto["layout"]["xaxis"]["title"]["text"] == "stored fraction"
+    assert pareto["data"][0]["marker"]["showscale"]
+
+
+def test_parameters_page_filters_set_constraint_ranges(monkeypatch, dbs):
+    at = run_page(monkeypatch, dbs["study"], "parameters")
+    slider = at.slider(key="range_params_delay")
+    lo, hi = slider.value
+    slider.set_value((lo, (lo + hi) / 2)).run()
+    assert not at.exception
+    parcoords = next(c for c in charts_of(at) if c["data"][0]["type"] == "parcoords")
+    delay = next(d for d in parcoords["data"][0]["dimensions"] if d["label"] == "delay")
+    assert delay["constraintrange"] == [lo, (lo + hi) / 2]
+    if "fanova" in queries.EVALUATORS:  # needs scikit-learn
+        at.radio(key="evaluator").set_value("fanova").run()
+        assert not at.exception
+
+
+def test_live_page_reads_only_new_rows(monkeypatch, dbs, tmp_path):
+    db = tmp_path / "live.db"
+    # The backup API copies committed rows wherever they sit (main file or WAL).
+    source = sqlite3.connect(dbs["study"].removeprefix("sqlite:///"))
+    copy = sqlite3.connect(db)
+    source.backup(copy)
+    source.close()
+    copy.close()
+    url = f"sqlite:///{db}"
+    at = run_page(monkeypatch, url, "live", trial="5")
+    assert not at.exception, at.exception
+    assert at.toggle(key="auto").value  # a running trial auto-refreshes
+    window = at.session_state["live"]
+    seen, before = window["after"]["oialr_steps"], len(window["frames"]["oialr_steps"])
+    run_id = window["run_id"]
+
+    with MetricsStore(url) as store:
+        for step in range(100, 110):
+            store.log_step(run_id, step=step, loss=0.5, lr=1e-3, step_time=0.01)
+    st.cache_data.clear()
+    at.run()
+    window = at.session_state["live"]
+    assert len(window["frames"]["oialr_steps"]) == before + 10
+    assert window["after"]["oialr_steps"] > seen
+    assert window["frames"]["oialr_steps"]["step"].iloc[-1] == 109
+
+    at.selectbox(key="spectrum_layer").set_value("3").run()
+    assert not at.exception
+    assert any("Σ of layer 3" in c["layout"]["title"]["text"] for c in charts_of(at))
+
+
+def test_the_app_only_reads(monkeypatch, dbs):
+    path = Path(dbs["study"].removeprefix("sqlite:///"))
+
+    def digest() -> str:  # the database file and its write-ahead log, where writes would land
+        files = [path, path.with_name(path.name + "-wal")]
+        return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()
+
+    before = digest()
+    for page in PAGES:
+        assert not run_page(monkeypatch, dbs["study"], page).exception
+    assert digest() == before
+    engine = queries.open_engine(dbs["study"])
+    with (
+        pytest.raises(sa.exc.OperationalError, match="readonly|read-only"),
+        engine.begin() as conn,
+    ):
+        conn.execute(sa.text("DELETE FROM oialr_steps"))
+    engine.dispose()
+
+
+# -- queries without Streamlit -------------------------------------------------------------------
+
+
+def test_storage_comes_from_argv_then_env_then_default():
+    env = {"OIALR_STORAGE": "sqlite:///env.db"}
+    assert queries.storage_from_args(["--storage", "sqlite:///a.db"], env) == "sqlite:///a.db"
+    assert queries.storage_from_args(["--storage=sqlite:///b.db"], {}) == "sqlite:///b.db"
+    assert queries.storage_from_args(["-q", "tests"], env) == "sqlite:///env.db"
+    assert queries.storage_from_args([], {}) == queries.DEFAULT_STORAGE
+
+
+def test_study_trials_are_one_row_each(dbs):
+    engine = queries.open_engine(dbs["study"])
+    studies = queries.list_studies(engine).set_index("study")
+    trials = queries.load_study_trials(engine, int(studies.loc["tiny", "study_id"]))
+    frame = trials.frame
+    assert trials.objectives == ["val_acc", "trainable_fraction"]
+    assert trials.directions == ["maximize", "minimize"]
+    assert trials.params == ["delay", "sigma_cutoff", "update_freq"]
+    assert trials.is_log("sigma_cutoff") and not trials.is_log("delay")
+    assert frame["number"].tolist() == list(range(6))
+    assert frame["state"].tolist() == ["COMPLETE"] * 4 + ["FAIL", "RUNNING"]
+    assert frame["mode"].iloc[0] == "dense" and frame["params_delay"].isna().iloc[0]
+    assert frame["params_delay"].iloc[1:].between(6, 24).all()
+    assert frame.loc[4, "fail_reason"].startswith("RuntimeError")
+    done = frame[frame["state"] == "COMPLETE"]
+    assert studies.loc["tiny", "best_val_acc"] == pytest.approx(done["val_acc"].max())
+    importances = queries.param_importances(trials)
+    assert set(importances["objective"]) == {"val_acc", "trainable_fraction"}
+    engine.dispose()
+
+
+def test_metrics_reads_are_incremental_and_bounded(dbs):
+    engine = queries.open_engine(dbs["study"])
+    runs = queries.study_runs(engine, "tiny")
+    run_id = int(runs.loc[runs["trial_number"] == 3, "id"].iloc[0])
+    steps = queries.metrics(engine, "oialr_steps", run_id)
+    assert steps["id"].is_monotonic_increasing and len(steps) > 10
+    newer = queries.metrics(engine, "oialr_steps", run_id, after_id=int(steps["id"].iloc[4]))
+    assert newer["id"].tolist() == steps["id"].iloc[5:].tolist()
+    tail = queries.metrics(engine, "oialr_steps", run_id, limit=3)
+    assert tail["id"].tolist() == steps["id"].iloc[-3:].tolist()
+
+    window = None
+    for after in (0, int(steps["id"].iloc[4])):
+        tick = queries.poll(engine, run_id, {"oialr_steps": after})
+        window = queries.extend_window(window, run_id, tick)
+    assert window["after"]["oialr_steps"] == int(steps["id"].iloc[-1])
+    sigma = queries.sigma(engine, int(window["frames"]["oialr_layers"]["id"].iloc[-1]))
+    assert sigma["sigma"] == sorted(sigma["sigma"], reverse=True)
+    engine.dispose()
+
+
+def test_live_window_keeps_only_the_newest_rows(monkeypatch, dbs):
+    monkeypatch.setitem(queries.LIVE_WINDOW, "oialr_steps", 5)
+    engine = queries.open_engine(dbs["study"])
+    run_id = int(queries.study_runs(engine, "tiny")["id"].iloc[1])
+    window = queries.extend_window(None, run_id, queries.poll(engine, run_id, {}))
+    assert len(window["frames"]["oialr_steps"]) == 5
+    steps = queries.metrics(engine, "oialr_steps", run_id)
+    assert window["frames"]["oialr_steps"]["id"].tolist() == steps["id"].iloc[-5:].tolist()
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_pages_read_a_study_on_postgresql(monkeypatch, postgres_server):
+    name = f"app-pg-{uuid.uuid4().hex[:6]}"  # the server is shared with other tests
+    app_fixtures.build_study_db(postgres_server.url, n_trials=2, name=name)
+    for page in PAGES:
+        at = run_page(monkeypatch, postgres_server.url, page, study=name)
+        assert not at.exception, (page, at.exception)
+        assert at.selectbox(key="study").value == name
+        assert at.get("plotly_chart"), page
+    engine = queries.open_engine(postgres_server.url)
+    with pytest.raises(sa.exc.InternalError, match="read-only transaction"), engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM oialr_steps"))
+    engine.dispose()
