@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import ConfigError, StorageError
 from .recorders import StoreRecorder
-from .spec import StudySpec
+from .spec import INT_PARAMS, StudySpec
 from .store import MetricsStore, mask_url
 from .train import RunConfig, RunResult, fit, train_command
 
@@ -169,12 +169,6 @@ def load_study(name: str, storage: RDBStorage | str) -> optuna.Study:
         ) from None
 
 
-def spec_of(study: optuna.Study) -> StudySpec:
-    from .spec import parse_spec
-
-    return parse_spec(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name}")
-
-
 # -- the objective -------------------------------------------------------------------------------
 class _TrialRecorder(StoreRecorder):
     """Store recorder that also reports validation accuracy to Optuna for pruning."""
@@ -193,8 +187,6 @@ class _TrialRecorder(StoreRecorder):
 
 
 def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    from .spec import INT_PARAMS
-
     params = {}
     for name, p in spec.search.items():
         if p.choices is not None:

@@ -1,0 +1,94 @@
+"""Reliability figures: faults injected and survived, bad inputs refused, trials lost.
+
+Runs the fault tests (real worker processes, a real PostgreSQL on 127.0.0.1, signals, kill -9) and
+the bad-input corpus through pytest, reads the outcome of each case, and writes
+``benchmarks/results/reliability.json`` for the README.
+
+    python benchmarks/reliability.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# test name (prefix) → (fault injected, what must hold afterwards)
+FAULTS = {
+    "test_killed_worker_trial_is_failed_retried_and_completed[sqlite]": (
+        "kill -9 a worker mid-trial, SQLite", "trial failed by heartbeat, retried, completed; metrics intact"),
+    "test_killed_worker_trial_is_failed_retried_and_completed[postgres]": (
+        "kill -9 a worker mid-trial, PostgreSQL", "trial failed by heartbeat, retried, completed; metrics intact"),
+    "test_postgres_restart_during_a_study": (
+        "restart PostgreSQL mid-study", "writes retried, worker reconnected, study completed, nothing RUNNING"),
+    "test_signal_to_study_run_records_the_trial_and_rerun_continues[2]": (
+        "SIGINT to `oialr study run`", "trial FAIL with the signal recorded; rerun completed the study"),
+    "test_signal_to_study_run_records_the_trial_and_rerun_continues[15]": (
+        "SIGTERM to `oialr study run`", "trial FAIL with the signal recorded; rerun completed the study"),
+    "test_signal_to_train_keeps_the_checkpoint_and_resume_finishes[2]": (
+        "SIGINT to `oialr train`", "run recorded failed; checkpoint intact; --resume finished it"),
+    "test_signal_to_train_keeps_the_checkpoint_and_resume_finishes[15]": (
+        "SIGTERM to `oialr train`", "run recorded failed; checkpoint intact; --resume finished it"),
+    "test_failing_trials_are_recorded_and_the_study_goes_on": (
+        "trials raising (a bad parameter combination)", "recorded FAIL with the reason; the study went on"),
+    "test_nan_loss_fails_cleanly_and_is_recorded": (
+        "NaN loss", "one-line error naming the step and the fix; run recorded failed"),
+    "test_truncated_checkpoint_gives_a_clear_error": (
+        "truncated checkpoint", "one-line error, no crash deep in torch"),
+    "test_concurrent_writer_processes_and_reader": (
+        "two writer processes and a reader on one SQLite file", "no 'database is locked'; every row read back"),
+}  # fmt: skip
+BAD_INPUT_TESTS = (
+    "test_bad_spec",
+    "test_bad_arguments",
+    "test_malformed_command_lines",
+    "test_cli_train_bad_input",
+)
+FILES = ["tests/test_faults.py", "tests/test_spec.py", "tests/test_train.py", "tests/test_store.py"]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        f"--junitxml={xml}", *FILES], cwd=ROOT, check=False)  # fmt: skip
+        cases = {
+            c.get("name"): not any(child.tag in ("failure", "error", "skipped") for child in c)
+            for c in ET.parse(xml).getroot().iter("testcase")
+        }
+    faults = []
+    for test, (fault, outcome) in FAULTS.items():
+        passed = cases.get(test)
+        if passed is None:
+            continue
+        faults.append({"fault": fault, "outcome": outcome if passed else "FAILED", "passed": passed,
+                       "command": f"pytest -k '{test.split('[')[0]}'"})  # fmt: skip
+    bad = [name for name, ok in cases.items() if name.startswith(BAD_INPUT_TESTS)]
+    survived = sum(f["passed"] for f in faults)
+    report = {
+        "faults_injected": len(faults),
+        "faults_survived": survived,
+        "faults": faults,
+        "bad_inputs": len(bad),
+        "bad_inputs_refused": sum(cases[n] for n in bad),
+        # every fault test asserts that each finished trial and its metrics are there
+        "trials_lost": 0
+        if survived == len(faults)
+        else f"unknown: {len(faults) - survived} fault tests failed",
+    }
+    concurrency = ROOT / "benchmarks/results/concurrency.json"
+    if concurrency.exists():
+        c = json.loads(concurrency.read_text())
+        report["concurrency"] = c.get("summary", "")
+    out = ROOT / "benchmarks/results/reliability.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=1))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
