@@ -256,21 +256,20 @@ class LowRankMHA(nn.Module):
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         e = self.embed_dim
-        if query is key and key is value:  # self-attention: one matmul chain for q, k, v
+        if query is key and key is value:  # self-attention: one projection for q, k and v
             return self.in_proj(query).split(e, dim=-1)
-        w_bias = self.in_proj.bias
-        # cross-attention: the same factors, applied to each input with its third of the rows
+        # cross-attention: each input takes its third of the packed projection's rows
+        return tuple(
+            self._project_rows(x, slice(i * e, (i + 1) * e))
+            for i, x in enumerate((query, key, value))
+        )
+
+    def _project_rows(self, x: Tensor, rows: slice) -> Tensor:
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
         if isinstance(self.in_proj, LowRankLayer):
             b_in, c_out = self.in_proj.in_out_factors()
-            parts = [(b_in, c_out[i * e : (i + 1) * e]) for i in range(3)]
-            project = [lambda x, p=p: (x @ p[0]) @ p[1].mT for p in parts]
-        else:
-            w = self.in_proj.weight
-            project = [lambda x, i=i: x @ w[i * e : (i + 1) * e].mT for i in range(3)]
-        outs = [f(x) for f, x in zip(project, (query, key, value))]
-        if w_bias is not None:
-            outs = [o + w_bias[i * e : (i + 1) * e] for i, o in enumerate(outs)]
-        return outs[0], outs[1], outs[2]
+            return F.linear(x @ b_in, c_out[rows], bias)
+        return F.linear(x, self.in_proj.weight[rows], bias)
 
     def forward(
         self,
