@@ -76,6 +76,12 @@ class OIALRConfig(BaseModel):
         le=1.0,
         description="baseline: truncate to this fraction of full rank at conversion, never update",
     )
+    compact: Literal["auto", True, False] = Field(
+        "auto",
+        description="shrink a layer's storage (and its optimizer state) once its rank falls "
+        "below 71 % of what is stored; 'auto': not under torch.distributed, where a shape "
+        "change would mean re-wrapping DDP",
+    )
     top_k_sigma: int = Field(
         32, ge=1, description="singular values of Σ kept in each update record"
     )

@@ -73,6 +73,7 @@ class _LayerState:
     converted_at: int | None = None
     last_update: int | None = None
     cooldown: int = 0
+    capacity: int | None = None  # stored rank after compaction (None: never compacted)
 
 
 class OIALR:
@@ -162,15 +163,15 @@ class OIALR:
         """Advance one optimizer step; call it right after ``optimizer.step()``.
 
         Returns:
-            ``"convert"`` when layers were factorised at this step (re-wrap DDP now),
-            ``"update"`` when ranks were updated, else ``None``.
+            ``"convert"`` when new Parameters appeared at this step (layers were factorised or,
+            outside torch.distributed, compacted: re-wrap DDP now), ``"update"`` when ranks
+            were updated, else ``None``.
         """
         self.step_count += 1
         cfg, t = self.config, self.step_count
         event = None
         if cfg.fixed_rank is None and self._update_due(t):
-            self._run_updates(t)
-            event = "update"
+            event = self._run_updates(t)
         if not self.converted:
             if cfg.stability_interval and t % cfg.stability_interval == 0:
                 self._measure_stability(t)
@@ -209,6 +210,9 @@ class OIALR:
                 dense_weight = root.get_submodule(name).weight
                 layer = convert_layer(root, name, self.config.factored, init=False)
                 self._swap_in_optimizer(dense_weight, layer.sigma)
+                if s.capacity is not None:  # it was stored smaller: same shapes as the checkpoint
+                    layer.rank = s.capacity
+                    self._swap_in_optimizer(*layer.compact())
 
     # -- schedule ------------------------------------------------------------------------------
     def _due_for_conversion(self) -> list[str]:
@@ -256,12 +260,15 @@ class OIALR:
             s = layer.sigma.detach().diagonal().float()
             if cfg.fixed_rank is not None:
                 self._truncate(layer, max(1, math.ceil(cfg.fixed_rank * layer.full_rank)))
+                self._compact(name, layer)
             records.append(self._record(name, layer, "convert", rank_before, s, "none"))
             _logger.info("step %d: converted %s (%d×%d)", t, name, layer.m, layer.full_rank)
         self._broadcast(names)
         self._emit(records)
 
-    def _swap_in_optimizer(self, old: nn.Parameter, new: nn.Parameter) -> None:
+    def _swap_in_optimizer(
+        self, old: nn.Parameter, new: nn.Parameter, carry_state: bool = False
+    ) -> None:
         """Σ takes W's place in W's param group (same lr, weight decay; schedulers carry on).
 
         Its state starts fresh: moments and Adam's step counter together. The reference code
@@ -272,13 +279,21 @@ class OIALR:
             for i, p in enumerate(group["params"]):
                 if p is old:
                     group["params"][i] = new
-                    self.optimizer.state.pop(old, None)
+                    state = self.optimizer.state.pop(old, None)
+                    if carry_state and state:  # compaction: the live block of each tensor
+                        r = new.shape[0]
+                        self.optimizer.state[new] = {
+                            k: v[:r, :r].clone()
+                            if isinstance(v, Tensor) and v.shape == old.shape
+                            else v
+                            for k, v in state.items()
+                        }
                     return
         raise RuntimeError("internal: a converted weight was not found in the optimizer")
 
     # -- updates -------------------------------------------------------------------------------
-    def _run_updates(self, t: int) -> None:
-        layers, records, updated = self.layers(), [], []
+    def _run_updates(self, t: int) -> str:
+        layers, records, updated, event = self.layers(), [], [], "update"
         for name, s in self._layers.items():
             if s.last_update is None or t - s.last_update < self.config.update_freq:
                 continue
@@ -290,8 +305,23 @@ class OIALR:
             updated.append(name)
             if records[-1].rank_after < records[-1].rank_before:
                 s.cooldown = self.config.cooldown_updates
+                if self._compact(name, layers[name]):
+                    event = "convert"
         self._broadcast(updated)
         self._emit(records)
+        return event
+
+    def _compact(self, name: str, layer: LowRankLayer) -> bool:
+        """Shrink the layer's storage once its rank is below 71 % of it (half the area), so
+        optimizer steps and gradients cost what the rank does; the state moves along."""
+        allowed = self.config.compact
+        if allowed == "auto":
+            allowed = not (dist.is_available() and dist.is_initialized())
+        if not allowed or 2 * layer.rank**2 > layer.capacity**2:
+            return False
+        self._swap_in_optimizer(*layer.compact(), carry_state=True)
+        self._layers[name].capacity = layer.capacity
+        return True
 
     @torch.no_grad()
     def _update_layer(self, name: str, layer: LowRankLayer) -> LayerRecord:

@@ -110,17 +110,39 @@ class LowRankLayer(nn.Module):
         r = self.rank
         return self.u[:, :r], self.sigma[:r, :r], self.v[:, :r]
 
-    def in_out_factors(self) -> tuple[Tensor, Tensor]:
-        """``(B_in (in × r), C_out (out × r))`` with ``W = C_out @ B_inᵀ``: Σ folded into the out side."""
+    def chain(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B_in (in × r), core (r × r), B_out (out × r))`` with ``W = B_out · core · B_inᵀ``.
+
+        The forward runs ``x → x B_in → · coreᵀ → · B_outᵀ`` (spec §5): folding Σ into a basis
+        first would cost ``m r²`` more forward and an ``R m r`` weight gradient backward.
+        """
         u, s, v = self.live()
         if self.transposed:  # W = Aᵀ = V Σᵀ Uᵀ
-            return u, v @ s.mT
-        return v, u @ s  # W = U Σ Vᵀ
+            return u, s.mT, v
+        return v, s, u  # W = U Σ Vᵀ
 
     def weight2d(self) -> Tensor:
         """The dense ``(out, in_flat)`` weight this layer represents."""
-        b_in, c_out = self.in_out_factors()
-        return c_out @ b_in.mT
+        b_in, core, b_out = self.chain()
+        return b_out @ core @ b_in.mT
+
+    @property
+    def capacity(self) -> int:
+        """The rank the tensors are stored at (≥ ``rank``)."""
+        return self.sigma.shape[0]
+
+    def compact(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """Store only the live rank: new, smaller U, V buffers and a new Σ Parameter.
+
+        Returns ``(old Σ, new Σ)``: the caller moves the optimizer's reference and state across
+        (and, under DDP, would have to re-wrap the model, which is why the controller does not
+        compact there by default).
+        """
+        r, old = self.rank, self.sigma
+        self.u = self.u[:, :r].contiguous()
+        self.v = self.v[:, :r].contiguous()
+        self.sigma = nn.Parameter(old.detach()[:r, :r].clone(), requires_grad=old.requires_grad)
+        return old, self.sigma
 
     def factored_is_cheaper(self, rows: int) -> bool:
         """Spec §5: factored ``R (r (m + n) + r²)`` vs materialised ``m r (r + n) + R m n``."""
@@ -149,8 +171,8 @@ class LowRankLinear(LowRankLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.factored_is_cheaper(x.numel() // self.in_features):
-            b_in, c_out = self.in_out_factors()
-            return F.linear(x @ b_in, c_out, self.bias)  # (..., in) → (..., r) → (..., out)
+            b_in, core, b_out = self.chain()
+            return F.linear((x @ b_in) @ core.mT, b_out, self.bias)  # (…, in) → (…, r) → (…, out)
         return F.linear(x, self.weight2d(), self.bias)
 
     def to_dense(self) -> nn.Linear:
@@ -201,11 +223,12 @@ class LowRankConv(LowRankLayer):
     def forward(self, x: Tensor) -> Tensor:
         conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
         if self.factored_is_cheaper(self._output_rows(x)):
-            b_in, c_out = self.in_out_factors()
+            b_in, core, b_out = self.chain()
+            ones = [1] * self.dims
             filters = b_in.mT.reshape(self.rank, self.in_channels, *self.kernel_size)  # (r, C, *k)
             h = self.conv(x, filters, **conv_args)  # (B, r, *spatial)
-            mix = c_out.reshape(self.out_channels, self.rank, *([1] * self.dims))  # (out, r, 1…)
-            return self.conv(h, mix, self.bias)
+            h = self.conv(h, core.reshape(self.rank, self.rank, *ones))  # 1×1: (B, r, *spatial)
+            return self.conv(h, b_out.reshape(self.out_channels, self.rank, *ones), self.bias)
         weight = self.weight2d().reshape(self.out_channels, self.in_channels, *self.kernel_size)
         return self.conv(x, weight, self.bias, **conv_args)
 
@@ -267,8 +290,8 @@ class LowRankMHA(nn.Module):
     def _project_rows(self, x: Tensor, rows: slice) -> Tensor:
         bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
         if isinstance(self.in_proj, LowRankLayer):
-            b_in, c_out = self.in_proj.in_out_factors()
-            return F.linear(x @ b_in, c_out[rows], bias)
+            b_in, core, b_out = self.in_proj.chain()
+            return F.linear((x @ b_in) @ core.mT, b_out[rows], bias)
         return F.linear(x, self.in_proj.weight[rows], bias)
 
     def forward(

@@ -254,3 +254,37 @@ def test_resume_during_warm_up_keeps_stability_state(tmp_path):
     )
     ctl2.load_state_dict(state)
     assert ctl2.phase == "warm-up" and set(ctl2._polar) == set(ctl._polar)
+
+
+def run_with(compact, steps=40):
+    torch.manual_seed(0)
+    model, xs, ys = task("mlp")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ctl = oialr.OIALR(model, opt, delay=10, update_freq=10, sigma_cutoff=0.6, compact=compact)
+    events = []
+    for i in range(steps):
+        j = (i * 64) % len(xs)
+        F.cross_entropy(model(xs[j : j + 64]), ys[j : j + 64]).backward()
+        opt.step()
+        opt.zero_grad()
+        events.append(ctl.step())
+    return model.eval(), opt, ctl, xs, events
+
+
+def test_compaction_is_a_pure_storage_change():
+    """Same run with and without compaction: same ranks, same function; only storage shrinks."""
+    padded, _, ctl_padded, xs, _ = run_with(compact=False)
+    model, opt, ctl, _, events = run_with(compact=True)
+    assert ctl.ranks() == ctl_padded.ranks() and min(ctl.ranks().values()) < 48
+    torch.testing.assert_close(model(xs), padded(xs), atol=1e-4, rtol=1e-4)
+    assert events.count("convert") >= 2, "conversion, then compaction(s) bring new Parameters"
+    assert all(m.capacity == m.full_rank for m in ctl_padded.layers().values())
+    compacted = [m for m in ctl.layers().values() if m.capacity < m.full_rank]
+    assert compacted
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    for layer in ctl.layers().values():
+        assert layer.sigma.shape == (layer.capacity,) * 2 and layer.u.shape[1] == layer.capacity
+        assert 2 * layer.rank**2 > layer.capacity**2 or layer.capacity == layer.rank
+        assert id(layer.sigma) in params
+        state = opt.state[layer.sigma]
+        assert state["exp_avg"].shape == layer.sigma.shape and state["step"] > 0
