@@ -83,7 +83,13 @@ def main() -> None:
     concurrency = ROOT / "benchmarks/results/concurrency.json"
     if concurrency.exists():
         c = json.loads(concurrency.read_text())
-        report["concurrency"] = c.get("summary", "")
+        report["concurrency"] = (
+            f"Concurrency (`python benchmarks/concurrency.py`): the dashboard's queries polled "
+            f"every second ({c['polls']} polls, p50 {c['poll_ms']['p50']:.0f} ms) while two workers "
+            f"wrote {sum(c['final']['rows_written'].values()):,} metric rows to one SQLite file for "
+            f"{c['config']['seconds']:.0f} s: **{c['reader_lock_errors'] + c['worker_lock_lines']} "
+            "'database is locked' errors**."
+        )
     out = ROOT / "benchmarks/results/reliability.json"
     out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=1))
