@@ -227,6 +227,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
                 env = dict(os.environ)
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+                else:  # share the cores: K processes × all threads each thrash a CPU
+                    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
                 envs.append(env)
             code = run_workers([cmd] * workers, envs, tick)
     finally:

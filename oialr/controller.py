@@ -233,12 +233,13 @@ class OIALR:
         return waiting[::-1][:chunk][::-1]
 
     def _stable(self, name: str) -> bool:
+        """Two readings in a row at or above the threshold: one can be a passing value."""
         recent = [
             r.stability
             for r in reversed(self.history)
             if r.layer == name and r.event == "stability" and r.stability is not None
-        ][:1]
-        return bool(recent) and recent[0] >= self.config.stability_threshold
+        ][:2]
+        return len(recent) == 2 and min(recent) >= self.config.stability_threshold
 
     def _update_due(self, t: int) -> bool:
         freq = self.config.update_freq

@@ -8,6 +8,7 @@ fail the trials of a killed worker and a retry callback queues them again; a glo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .errors import ConfigError, StorageError
 from .recorders import StoreRecorder
@@ -70,9 +72,10 @@ def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
     tables and puts SQLite in WAL mode, which lets readers and several writers share the file.
     """
     MetricsStore(url).close()
+    sqlite = url.startswith("sqlite")
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"timeout": 30}}
+    if sqlite:  # transactions begin explicitly (below); wait up to 30 s for the write lock
+        kwargs = {"connect_args": {"timeout": 30, "isolation_level": None}}
     hb: dict[str, Any] = {}
     if heartbeat:
         hb = dict(
@@ -80,12 +83,24 @@ def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
             grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=_RetryStale(url),
         )
-    try:
-        return RDBStorage(url, engine_kwargs=kwargs, **hb)
-    except Exception as err:  # sqlalchemy / optuna wrap connection problems variously
-        raise StorageError(
-            f"storage {mask_url(url)}: {type(err).__name__}: {err}".split("\n")[0]
-        ) from None
+    for attempt in range(3):
+        try:
+            storage = RDBStorage(url, engine_kwargs=kwargs, **hb)
+            break
+        except Exception as err:  # sqlalchemy / optuna wrap connection problems variously
+            # two workers creating Optuna's tables in a fresh database at once: the loser retries
+            racing = isinstance(err, IntegrityError) or "already exists" in str(err)
+            if not racing or attempt == 2:
+                message = f"storage {mask_url(url)}: {type(err).__name__}: {err}"
+                raise StorageError(message.split("\n")[0]) from None
+            time.sleep(0.5)
+    if sqlite:
+        # Optuna claims a queued trial with SELECT … FOR UPDATE, which SQLite ignores, so two
+        # workers could both take it; taking the write lock as each transaction begins cannot.
+        sa.event.listen(
+            storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE")
+        )
+    return storage
 
 
 class _RetryStale:
@@ -124,7 +139,7 @@ def _constraints(trial: FrozenTrial) -> list[float]:
 
 def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if spec.pruner.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # spare epoch 1
     if spec.pruner.name == "hyperband":
         epochs = RunConfig.build(**spec.run).epochs
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
@@ -173,16 +188,16 @@ def load_study(name: str, storage: RDBStorage | str) -> optuna.Study:
 class _TrialRecorder(StoreRecorder):
     """Store recorder that also reports validation accuracy to Optuna for pruning."""
 
-    def __init__(self, store, trial: optuna.Trial, prune: bool):
+    def __init__(self, store, trial: optuna.Trial, prune: bool, epochs: int):
         super().__init__(store, study_name=trial.study.study_name, trial_number=trial.number,
                          trial_id=trial._trial_id)  # fmt: skip
-        self.trial, self.prune = trial, prune
+        self.trial, self.prune, self.epochs = trial, prune, epochs
 
     def epoch(self, metrics):
         super().epoch(metrics)
         if self.prune and math.isfinite(metrics["val_acc"]):
             self.trial.report(metrics["val_acc"], metrics["epoch"])
-            if self.trial.should_prune():
+            if metrics["epoch"] < self.epochs and self.trial.should_prune():  # never a finished run
                 raise optuna.TrialPruned(f"pruned at epoch {metrics['epoch']}")
 
 
@@ -207,8 +222,15 @@ class Objective:
 
     spec: StudySpec
     url: str
+    interrupts: _Interrupts | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        if self.interrupts is not None:
+            with self.interrupts.trial():
+                return self._run(trial)
+        return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         mode = trial.user_attrs.get("mode", "oialr")
         params = _suggest(trial, self.spec) if mode == "oialr" else {}
         extra = {"rank_fraction": trial.user_attrs["rank_fraction"]} if mode == "fixed-rank" else {}
@@ -222,7 +244,7 @@ class Objective:
                     if seed == 0:
                         trial.set_user_attr("command", train_command(cfg))
                     prune = self.spec.objective.kind == "accuracy" and seed == 0
-                    results.append(fit(cfg, _TrialRecorder(store, trial, prune)))
+                    results.append(fit(cfg, _TrialRecorder(store, trial, prune, cfg.epochs)))
         except optuna.TrialPruned:
             raise
         except BaseException as err:
@@ -259,6 +281,36 @@ def _raise_interrupted(signum, _frame):
     raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
 
+class _Interrupts:
+    """SIGINT/SIGTERM while a worker runs: inside a trial, raise at once (Optuna records the
+    trial FAIL with the reason); between trials, let Optuna finish its bookkeeping, stop the
+    study, and raise afterwards — so no trial is ever left RUNNING by a signal."""
+
+    def __init__(self, study: optuna.Study):
+        self.study, self.in_trial, self.received = study, False, None
+
+    @contextlib.contextmanager
+    def trial(self):
+        self.in_trial = True
+        try:
+            yield
+        finally:
+            self.in_trial = False
+
+    def __call__(self, signum, _frame):
+        self.received = signal.Signals(signum).name
+        if self.in_trial:
+            raise Interrupted(f"stopped by {self.received}")
+        try:
+            self.study.stop()
+        except RuntimeError:  # not inside optimize yet: nothing to finish
+            raise Interrupted(f"stopped by {self.received}") from None
+
+    def raise_if_received(self) -> None:
+        if self.received:
+            raise Interrupted(f"stopped by {self.received}")
+
+
 def run_worker(
     spec: StudySpec,
     url: str,
@@ -278,13 +330,14 @@ def run_worker(
     study = create_study(spec, storage, study_name)
     n_trials = n_trials or spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts = _Interrupts(study)
+    previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for attempt in range(_RECONNECTS + 1):
             try:
                 if _finished(study) < n_trials:
                     study.optimize(
-                        Objective(spec, url),
+                        Objective(spec, url, interrupts),
                         timeout=timeout,
                         catch=(Exception,),  # a failing trial is recorded FAIL; the study goes on
                         callbacks=[
@@ -307,6 +360,7 @@ def run_worker(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    interrupts.raise_if_received()
     return study
 
 
