@@ -153,7 +153,8 @@ def gpu(d: dict) -> str:
     dense, low = d.get("minivit_dense", {}), d.get("minivit_oialr", {})
     rows = [[name, f"{100 * r['test_acc']:.2f}", f"{r['trainable_fraction']:.3f}", f"{r['wall_time']:.0f} s"]
             for name, r in (("dense", dense), ("OIALR", low)) if r]  # fmt: skip
-    st = d.get("step_time", {}).get("results", [])
+    # a later `step_time.py --device cuda` run (step_time_gpu.json) supersedes the check's own
+    st = (load("step_time_gpu") or d.get("step_time", {})).get("results", [])
     ratios = ", ".join(f"{r['model']} {pct(r['rank_fraction'])}: {r['ratio']:.2f}" for r in st)
     tests = "GPU-marked tests passed" if d.get("machine") else ""
     study = d.get("study_time", {})
