@@ -150,39 +150,27 @@ def measure(store: MetricsStore, model: str, seed: int, args) -> dict[str, Any]:
 def compare(store: MetricsStore, model: str, seeds: list[int], dense: dict[int, dict], args):
     """Part 2: fixed delays and stability thresholds at equal epochs, per seed."""
     rows: dict[str, list[dict[str, Any]]] = {"dense": [dense[s] for s in seeds]}
-    for fraction in args.delays:
-        key = f"delay {fraction:g}"
+    every = {"stability_every": args.every}
+    # (label, delay as a fraction of the run, OIALR options): fixed delays, then thresholds
+    variants = [(f"delay {f:g}", f, every) for f in args.delays] + [
+        (f"stability {t:g}", args.deadline,
+         {**every, "switch": "stability", "stability_threshold": t})
+        for t in args.thresholds
+    ]  # fmt: skip
+    for key, delay, options in variants:
         rows[key] = []
         for seed in seeds:
-            print(f"  {model} seed {seed}: {key} of the run ...", flush=True)
+            print(f"  {model} seed {seed}: {key} ...", flush=True)
             rows[key].append(
                 run(
                     store,
                     model,
                     seed,
                     args,
-                    delay=fraction,
-                    delay_unit="fraction",
-                    oialr_options={"stability_every": args.every},
-                )  # fmt: skip
-            )
-    for threshold in args.thresholds:
-        key = f"stability {threshold:g}"
-        rows[key] = []
-        for seed in seeds:
-            print(f"  {model} seed {seed}: {key} (deadline {args.deadline:g}) ...", flush=True)
-            options = {"switch": "stability", "stability_threshold": threshold,
-                       "stability_every": args.every}  # fmt: skip
-            rows[key].append(
-                run(
-                    store,
-                    model,
-                    seed,
-                    args,
-                    delay=args.deadline,
+                    delay=delay,
                     delay_unit="fraction",
                     oialr_options=options,
-                )  # fmt: skip
+                )
             )
     return {key: aggregate(runs) for key, runs in rows.items()}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -113,10 +112,8 @@ class ProgressRecorder:
     def start(self, config):
         self.progress.start()
         self.task = self.progress.add_task(config.run_name, total=config.epochs, status="")
-        self.loss = math.nan
 
     def step(self, step, loss, lr, step_time):
-        self.loss = loss
         self.progress.update(self.task, status=f"step {step} · loss {loss:.4f}")
 
     def epoch(self, m):

@@ -18,12 +18,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config import OIALRConfig
 from .controller import OIALR
-from .data import load_dataset
+from .data import DATASETS, load_dataset
 from .errors import ConfigError, OIALRError, TrainingDiverged, describe_validation_error
-from .models import build_model
+from .models import MODELS, build_model, model_names
 from .recorders import Recorder
 
 _logger = logging.getLogger(__name__)
@@ -72,6 +73,26 @@ class RunConfig(BaseModel):
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     log_every: int = Field(10, ge=1, description="steps between logged loss/lr/step-time rows")
     checkpoint_dir: str | None = Field(None, description="checkpoint every epoch here")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS and not name.startswith(("tv:", "timm:")):
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+        return name
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        return name
+
+    @field_validator("oialr_options")
+    @classmethod
+    def _valid_oialr_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        OIALRConfig.build(**options)  # a typo fails here, before any run is recorded
+        return options
 
     @classmethod
     def build(cls, **values: Any) -> RunConfig:

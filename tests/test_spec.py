@@ -37,9 +37,9 @@ BAD_SPECS = [
     (edit('name = "random"', 'name = "cmaes"'), "`sampler.name`"),
     (edit("n_trials = 6", "n_trials = 0"), "`budget.n_trials`"),
     (edit("n_trials = 6", "n_trials = 6\ntimeout = -5"), "`budget.timeout`"),
-    (edit('model = "mlp"', 'model = "gpt9"'), "`run.model`: unknown model 'gpt9'"),
-    (edit('dataset = "synthetic"', 'dataset = "mnist-3d"'), "`run.dataset`: unknown dataset"),
-    (edit("epochs = 3", 'epochs = "many"'), "`epochs`"),
+    (edit('model = "mlp"', 'model = "gpt9"'), "`run.model`: Value error, unknown model 'gpt9'"),
+    (edit('dataset = "synthetic"', 'dataset = "mnist-3d"'), "`run.dataset`: Value error, unknown dataset"),
+    (edit("epochs = 3", 'epochs = "many"'), "`run.epochs`"),
     (edit("epochs = 3", 'epochs = 3\nmode = "dense"'), "`run.mode`: is set by the study itself"),
     (edit("epochs = 3", 'epochs = 3\nlr_schedule = "step"'), "lr_schedule"),
     (edit("fixed_rank = [0.25]", "fixed_rank = [1.5]"), "fixed_rank fractions must lie in (0, 1]"),
@@ -76,7 +76,7 @@ BAD_ARGS = [
     (["study", "best", "nosuch", "--storage", "sqlite:///{tmp}/empty.db"], "'nosuch' is not in"),
     (["study", "delete", "nosuch", "--storage", "sqlite:///{tmp}/empty.db"], "'nosuch' is not in"),
     (["study", "run", "{tiny}", "--set", "run.epochs"], "expected KEY=VALUE"),
-    (["study", "run", "{tiny}", "--set", "run.epochs=-1"], "`epochs`"),
+    (["study", "run", "{tiny}", "--set", "run.epochs=-1"], "`run.epochs`"),
     (["study", "run", "{tiny}", "--set", "name.x=1"], "'name' is not a table"),
 ]  # fmt: skip
 
