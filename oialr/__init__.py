@@ -10,7 +10,7 @@
 
 from .config import OIALRConfig
 from .controller import OIALR, LayerRecord
-from .conversion import ConversionReport, to_dense
+from .conversion import ConversionReport, load_factorised, to_dense
 from .errors import ConfigError, OIALRError
 from .lowrank import LowRankLayer
 
@@ -20,6 +20,7 @@ __all__ = [
     "LayerRecord",
     "ConversionReport",
     "LowRankLayer",
+    "load_factorised",
     "to_dense",
     "OIALRError",
     "ConfigError",

@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import numbers
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ConfigError, describe_validation_error
 
-__all__ = ["OIALRConfig"]
+__all__ = ["OIALRConfig", "Count", "Real"]
+
+
+def _whole(value: Any) -> Any:
+    """Python and numpy integers pass; bools, strings, floats and tensors do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"must be a whole number, not {type(value).__name__}")
+    return int(value)
+
+
+def _real(value: Any) -> Any:
+    """Finite Python and numpy numbers pass; bools, strings, tensors, inf and NaN do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, not {value}")
+    return float(value)
+
+
+def _names(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# Strict numbers: a string, a bool or a tensor given for a count or a fraction is a mistake.
+Count = Annotated[int, BeforeValidator(_whole)]
+Real = Annotated[float, BeforeValidator(_real)]
+Names = Annotated[list[str], BeforeValidator(_names)]
 
 
 class OIALRConfig(BaseModel):
@@ -19,28 +53,28 @@ class OIALRConfig(BaseModel):
     the allowed range; unknown options are rejected with the list of valid ones.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    delay: int = Field(
+    delay: Count = Field(
         1000, ge=0, description="dense warm-up, in optimizer steps, before conversion"
     )
-    update_freq: int = Field(100, ge=1, description="optimizer steps between rank updates")
-    sigma_cutoff: float = Field(
+    update_freq: Count = Field(100, ge=1, description="optimizer steps between rank updates")
+    sigma_cutoff: Real = Field(
         0.1, ge=0.0, lt=1.0, description="keep singular values s_i >= sigma_cutoff * s_1 (relative)"
     )
     keep_first: bool = Field(False, description="keep the model's input layer dense")
     keep_last: bool = Field(True, description="keep the output head (last nn.Linear) dense")
-    min_aspect: float = Field(
+    min_aspect: Real = Field(
         10.0, ge=1.0, description="leave layers dense whose max(m, n) / min(m, n) is at least this"
     )
-    include: list[str] | None = Field(
+    include: Names | None = Field(
         None, description="module-name globs to convert (None: every eligible layer)"
     )
-    exclude: list[str] = Field(default_factory=list, description="module-name globs to keep dense")
-    max_cut_per_update: float = Field(
+    exclude: Names = Field(default_factory=list, description="module-name globs to keep dense")
+    max_cut_per_update: Real = Field(
         0.5, gt=0.0, le=1.0, description="largest fraction of a layer's rank cut in one update"
     )
-    min_rank: float = Field(
+    min_rank: Real = Field(
         0.01,
         gt=0.0,
         description="rank floor: a fraction of full rank if < 1, else a count; never below 1",
@@ -50,12 +84,12 @@ class OIALRConfig(BaseModel):
         description="convert all layers at `delay`, or each layer once its basis stability "
         "passes `stability_threshold` (with `delay` as the latest step)",
     )
-    stability_every: int | None = Field(
+    stability_every: Count | None = Field(
         None,
         ge=0,
         description="steps between warm-up stability measurements (None: update_freq; 0: off)",
     )
-    stability_threshold: float = Field(
+    stability_threshold: Real = Field(
         0.98, gt=0.0, le=1.0, description="stability (mean column cosine) that triggers conversion"
     )
     factored: Literal["auto", True, False] = Field(
@@ -66,11 +100,11 @@ class OIALRConfig(BaseModel):
         description="at each update, rotate momenta into the new bases ('rotate') or restart "
         "the mixing matrix's optimizer state ('reset')",
     )
-    rollout_fraction: float = Field(
+    rollout_fraction: Real = Field(
         1.0, gt=0.0, le=1.0, description="fraction of layers (deepest first) converted per update"
     )
-    cooldown_updates: int = Field(0, ge=0, description="updates a layer sits out after a cut")
-    fixed_rank: float | None = Field(
+    cooldown_updates: Count = Field(0, ge=0, description="updates a layer sits out after a cut")
+    fixed_rank: Real | None = Field(
         None,
         gt=0.0,
         le=1.0,
@@ -82,7 +116,7 @@ class OIALRConfig(BaseModel):
         "below 71 % of what is stored; 'auto': not under torch.distributed, where a shape "
         "change would mean re-wrapping DDP",
     )
-    top_k_sigma: int = Field(
+    top_k_sigma: Count = Field(
         32, ge=1, description="singular values of Σ kept in each update record"
     )
 

@@ -1,4 +1,4 @@
-"""The OIALR schedule: dense warm-up, conversion, periodic rank updates, optimizer state.
+"""The OIALR schedule: dense warm-up, conversion, periodic rank updates.
 
 ::
 
@@ -8,8 +8,9 @@
         optimizer.step(); optimizer.zero_grad()
         ctl.step()
 
-The work lives in private helpers (``_convert``, ``_update_layer``, ``_move_optimizer_state``);
-the public surface is ``step()``, ``ranks()``, the two fractions, ``history`` and the state dict.
+The controller decides *when* and *to which rank*; the layers own their factors
+(``rotate``/``truncate``/``compact``), :mod:`oialr.conversion` swaps modules and
+:mod:`oialr.optim_state` moves the optimizer's state.
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .config import OIALRConfig
-from .conversion import ConversionReport, convert_layer, plan_conversion, unwrap
+from .conversion import (
+    ConversionReport,
+    convert,
+    dense_weight,
+    dense_weight2d,
+    plan_conversion,
+    unwrap,
+)
+from .errors import ConfigError
 from .lowrank import LowRankLayer, factor_modules, thin_svd
+from .optim_state import resolve_optimizer, rotate_state, swap_param
 from .stability import (
     basis_stability,
     dropped_mass,
@@ -39,10 +49,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["OIALR", "LayerRecord"]
 
-# Optimizer state that lives in Σ's coordinates: first moments rotate like a gradient, second
-# moments (elementwise squares) rotate with the squared rotation (exact for independent entries).
-FIRST_MOMENTS = ("exp_avg", "momentum_buffer")
-SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
+_STATE_KEYS = ("config", "step", "layers", "polar", "history", "report", "dense")
 
 
 @dataclass
@@ -80,12 +87,12 @@ class OIALR:
     """Orthogonality-informed adaptive low-rank training for any PyTorch model.
 
     Args:
-        model: the model (or a DDP / compiled wrapper of it). Its eligible layers are replaced in
-            place at conversion; ``nn.MultiheadAttention`` modules are wrapped at once (same
-            function, same Parameters) so their projections can be factorised.
-        optimizer: an SGD, Adam or AdamW optimizer over the model's parameters. At conversion each
-            Σ takes its layer weight's slot in the same param group (same lr, weight decay), so LR
-            schedulers carry on.
+        model: the model (or a DDP / compiled wrapper of it). Nothing changes until conversion,
+            when its eligible layers are replaced in place (:attr:`report` says which and why).
+        optimizer: a ``torch.optim`` optimizer over the model's parameters (see
+            :data:`oialr.optim_state.SUPPORTED`). At conversion each Σ takes its layer
+            weight's slot in the same param group (same lr, weight decay), so LR schedulers
+            carry on.
         delay: dense warm-up in optimizer steps.
         update_freq: optimizer steps between rank updates.
         sigma_cutoff: keep singular values ``s_i >= sigma_cutoff * s_1``.
@@ -109,22 +116,49 @@ class OIALR:
         on_update: Callable[[OIALR, list[LayerRecord]], Any] | None = None,
         **options: Any,
     ):
-        self.config = OIALRConfig.build(
+        config = OIALRConfig.build(
             delay=delay, update_freq=update_freq, sigma_cutoff=sigma_cutoff, **options
         )
-        self.model, self.optimizer, self.on_update = model, optimizer, on_update
+        self._attach(model, optimizer, config, on_update)
         root = unwrap(model)
-        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        self.report: ConversionReport = plan_conversion(root, self.config, in_optimizer)
+        in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self.report = plan_conversion(root, config, in_optimizer)
+        unique = {id(p): p for p in root.parameters()}.values()
+        self._dense = {
+            "trainable": sum(p.numel() for p in unique if p.requires_grad),
+            "stored": sum(p.numel() for p in unique),
+        }
+        self._layers = {name: _LayerState() for name in self.report.converted}
+        if config.delay == 0:
+            self._convert(self._due_for_conversion())
+
+    def _attach(self, model, optimizer, config: OIALRConfig, on_update) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.config, self.on_update = model, config, on_update
+        self.optimizer = resolve_optimizer(optimizer, config.optimizer_state)
         self.history: list[LayerRecord] = []
         self.step_count = 0
-        self._layers = {name: _LayerState() for name in self.report.converted}
         self._polar: dict[str, Tensor] = {}  # last warm-up polar factor per layer
-        unique = {id(p): p for p in root.parameters()}.values()
-        self._dense_trainable = sum(p.numel() for p in unique if p.requires_grad)
-        self._dense_stored = sum(p.numel() for p in unique)
-        if self.config.delay == 0:
-            self._convert(self._due_for_conversion())
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        *,
+        on_update: Callable[[OIALR, list[LayerRecord]], Any] | None = None,
+    ) -> OIALR:
+        """A controller continuing ``state`` on ``model``, dense or already holding the
+        factorised layers (as after :func:`oialr.load_factorised`, which training frameworks
+        reach first), with ``optimizer`` built over it."""
+        _check_state(state)
+        ctl = cls.__new__(cls)
+        ctl._attach(model, optimizer, OIALRConfig.build(**state["config"]), on_update)
+        ctl.report = ConversionReport.from_dict(state["report"])
+        ctl.load_state_dict(state)
+        return ctl
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -153,11 +187,11 @@ class OIALR:
 
     def trainable_fraction(self) -> float:
         """Trainable parameters now over trainable parameters of the dense model (Σ counts r²)."""
-        return self._count(trainable=True) / self._dense_trainable
+        return self._count(trainable=True) / self._dense["trainable"]
 
     def stored_fraction(self) -> float:
         """Parameters needed to store the model now (U, Σ, V at their ranks) over dense."""
-        return self._count(trainable=False) / self._dense_stored
+        return self._count(trainable=False) / self._dense["stored"]
 
     def step(self) -> str | None:
         """Advance one optimizer step; call it right after ``optimizer.step()``.
@@ -189,30 +223,58 @@ class OIALR:
             "layers": {n: asdict(s) for n, s in self._layers.items()},
             "polar": {n: q.cpu() for n, q in self._polar.items()},
             "history": [asdict(r) for r in self.history],
+            "report": self.report.to_dict(),
+            "dense": dict(self._dense),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the controller and rebuild the model's factorised structure.
+        """Restore the controller and the model's factorised structure.
 
-        Call it on a freshly built model + optimizer + controller *before*
+        Call it on a controller built over a freshly built model and optimizer *before*
         ``model.load_state_dict`` and ``optimizer.load_state_dict``: it factorises exactly the
-        layers that were factorised (with placeholder values, which the model's state dict then
-        overwrites) and puts each Σ in its optimizer slot.
+        layers that were factorised, at their stored sizes (with placeholder values, which the
+        model's state dict then overwrites), and puts each Σ in its optimizer slot.
+
+        Raises:
+            ConfigError: ``state`` is not a controller state, or comes from another model.
         """
+        _check_state(state)
+        layers = {n: _LayerState(**s) for n, s in state["layers"].items()}
+        foreign = sorted(set(layers) ^ set(self.report.converted))
+        if foreign:
+            raise ConfigError(
+                f"this OIALR state manages other layers than this model's ({', '.join(foreign[:3])}"
+                "…): it was saved from another model or with other OIALR options"
+            )
         self.config = OIALRConfig.build(**state["config"])
         self.step_count = int(state["step"])
-        self._layers = {n: _LayerState(**s) for n, s in state["layers"].items()}
+        self._layers, self._dense = layers, dict(state["dense"])
         self._polar = {n: q.to(self._device()) for n, q in state["polar"].items()}
         self.history = [LayerRecord(**r) for r in state["history"]]
-        root, present = unwrap(self.model), self.layers()
         for name, s in self._layers.items():
-            if s.converted_at is not None and name not in present:
-                dense_weight = root.get_submodule(name).weight
-                layer = convert_layer(root, name, self.config.factored, init=False)
-                self._swap_in_optimizer(dense_weight, layer.sigma)
-                if s.capacity is not None:  # it was stored smaller: same shapes as the checkpoint
-                    layer.rank = s.capacity
-                    self._swap_in_optimizer(*layer.compact())
+            if s.converted_at is not None:
+                self._restore_layer(name, s.capacity)
+
+    def _restore_layer(self, name: str, capacity: int | None) -> None:
+        """Make layer ``name`` factorised at ``capacity`` (None: full) with Σ in the optimizer."""
+        root, kind = unwrap(self.model), self.report.kinds[name]
+        layer = self.layers().get(name)
+        if layer is None:
+            dense = dense_weight(root, name, kind)
+            capacity = capacity or min(self.report.shapes[name])  # placeholders: no SVD
+            layer = convert(root, name, kind, self.config.factored, capacity=capacity)
+            swap_param(self.optimizer, dense, layer.sigma)
+        elif capacity is not None and layer.capacity != capacity:  # converted at construction
+            layer.rank = capacity
+            swap_param(self.optimizer, *layer.compact())
+        in_optimizer = any(
+            p is layer.sigma for g in self.optimizer.param_groups for p in g["params"]
+        )
+        if not in_optimizer:
+            raise ConfigError(
+                f"layer {name!r} is factorised but its Σ is not in the optimizer: build the "
+                "optimizer over the model after loading its factorised state"
+            )
 
     # -- schedule ------------------------------------------------------------------------------
     def _due_for_conversion(self) -> list[str]:
@@ -252,45 +314,21 @@ class OIALR:
         root, t, cfg = unwrap(self.model), self.step_count, self.config
         records = []
         for name in names:
-            dense_weight = root.get_submodule(name).weight
-            layer = convert_layer(root, name, cfg.factored)
-            self._swap_in_optimizer(dense_weight, layer.sigma)
+            kind = self.report.kinds[name]
+            dense = dense_weight(root, name, kind)
+            layer = convert(root, name, kind, cfg.factored)
+            swap_param(self.optimizer, dense, layer.sigma)
             self._layers[name] = _LayerState(converted_at=t, last_update=t)
             self._polar.pop(name, None)
             rank_before = layer.rank
             s = layer.sigma.detach().diagonal().float()
             if cfg.fixed_rank is not None:
-                self._truncate(layer, max(1, math.ceil(cfg.fixed_rank * layer.full_rank)))
+                layer.truncate(max(1, math.ceil(cfg.fixed_rank * layer.full_rank)))
                 self._compact(name, layer)
             records.append(self._record(name, layer, "convert", rank_before, s, "none"))
             _logger.info("step %d: converted %s (%d×%d)", t, name, layer.m, layer.full_rank)
         self._broadcast(names)
         self._emit(records)
-
-    def _swap_in_optimizer(
-        self, old: nn.Parameter, new: nn.Parameter, carry_state: bool = False
-    ) -> None:
-        """Σ takes W's place in W's param group (same lr, weight decay; schedulers carry on).
-
-        Its state starts fresh: moments and Adam's step counter together. The reference code
-        zeroes the moments but keeps the counter, which makes Σ's first Adam steps ~3x too large.
-        (Projecting W's moments into Σ's coordinates was measured too and did no better.)
-        """
-        for group in self.optimizer.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p is old:
-                    group["params"][i] = new
-                    state = self.optimizer.state.pop(old, None)
-                    if carry_state and state:  # compaction: the live block of each tensor
-                        r = new.shape[0]
-                        self.optimizer.state[new] = {
-                            k: v[:r, :r].clone()
-                            if isinstance(v, Tensor) and v.shape == old.shape
-                            else v
-                            for k, v in state.items()
-                        }
-                    return
-        raise RuntimeError("internal: a converted weight was not found in the optimizer")
 
     # -- updates -------------------------------------------------------------------------------
     def _run_updates(self, t: int) -> str:
@@ -320,7 +358,7 @@ class OIALR:
             allowed = not (dist.is_available() and dist.is_initialized())
         if not allowed or 2 * layer.rank**2 > layer.capacity**2:
             return False
-        self._swap_in_optimizer(*layer.compact(), carry_state=True)
+        swap_param(self.optimizer, *layer.compact(), carry=True)
         self._layers[name].capacity = layer.capacity
         return True
 
@@ -328,7 +366,7 @@ class OIALR:
     def _update_layer(self, name: str, layer: LowRankLayer) -> LayerRecord:
         """Rotate the bases onto Σ's singular vectors and cut the rank (spec §2.3)."""
         cfg, r = self.config, layer.rank
-        u, sigma, v = layer.live()
+        _, sigma, v = layer.live()
         energy = offdiag_energy(sigma)
         p, s, q = thin_svd(sigma)  # Σ = P diag(s) Qᵀ, float32
         signs = torch.where(p.diagonal() < 0, -1.0, 1.0)  # canonical signs: P's diagonal ≥ 0
@@ -344,54 +382,14 @@ class OIALR:
         vf = v.float()
         turned = vf @ (p[:, :new_r] @ q[:, :new_r].mT).mT
         stability = basis_stability(vf.mT, turned.mT)
-        new_u, new_v = u.float() @ p, vf @ q
-        dtype = layer.sigma.dtype
-        layer.u.zero_()
-        layer.v.zero_()
-        layer.u[:, :new_r] = new_u[:, :new_r].to(dtype)
-        layer.v[:, :new_r] = new_v[:, :new_r].to(dtype)
-        layer.sigma.zero_()
-        layer.sigma[:new_r, :new_r] = torch.diag(s[:new_r]).to(dtype)
-        if layer.sigma.grad is not None:
-            layer.sigma.grad.zero_()  # it was in the old coordinates
-        self._move_optimizer_state(layer.sigma, p, q, r, new_r)
-        layer.rank = new_r
+        layer.rotate(p, q, s, new_r)
+        rotate_state(self.optimizer, layer.sigma, p, q, new_r, cfg.optimizer_state)
         record = self._record(name, layer, "update", r, s, rule)
         record.dropped_mass = dropped_mass(s, new_r)
         record.offdiag_energy = energy
         record.rotation = float(torch.linalg.matrix_norm(p - torch.eye(r, device=p.device)))
         record.stability = stability
         return record
-
-    def _move_optimizer_state(
-        self, sigma: Tensor, p: Tensor, q: Tensor, r: int, new_r: int
-    ) -> None:
-        state = self.optimizer.state.get(sigma)
-        if not state:
-            return
-        if self.config.optimizer_state == "reset":
-            self.optimizer.state.pop(sigma)
-            return
-        p2, q2 = p.square(), q.square()
-        for key, value in state.items():
-            if not isinstance(value, Tensor) or value.shape != sigma.shape:
-                continue
-            block = value[:r, :r].float()
-            if key in FIRST_MOMENTS:
-                block = p.mT @ block @ q
-            elif key in SECOND_MOMENTS:
-                block = p2.mT @ block @ q2
-            value.zero_()
-            value[:new_r, :new_r] = block[:new_r, :new_r].to(value.dtype)
-
-    def _truncate(self, layer: LowRankLayer, rank: int) -> None:
-        """Cut a freshly converted (diagonal Σ) layer to ``rank`` (the fixed-rank baseline)."""
-        with torch.no_grad():
-            layer.u[:, rank:] = 0
-            layer.v[:, rank:] = 0
-            layer.sigma[rank:, :] = 0
-            layer.sigma[:, rank:] = 0
-        layer.rank = rank
 
     # -- warm-up stability ---------------------------------------------------------------------
     @torch.no_grad()
@@ -400,7 +398,7 @@ class OIALR:
         for name, s in self._layers.items():
             if s.converted_at is not None:
                 continue
-            w = root.get_submodule(name).weight.flatten(1)
+            w = dense_weight2d(root, name, self.report.kinds[name])
             a = w.mT if w.shape[0] < w.shape[1] else w
             u, _, v = thin_svd(a)
             q_now = polar_factor(u, v)
@@ -467,3 +465,12 @@ class OIALR:
 
     def _device(self) -> torch.device:
         return next(unwrap(self.model).parameters()).device
+
+
+def _check_state(state: Any) -> None:
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ConfigError(
+            f"not an OIALR controller state (missing {', '.join(missing)}): pass what "
+            "OIALR.state_dict() returned, not the model's or the optimizer's state dict"
+        )

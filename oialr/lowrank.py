@@ -1,96 +1,108 @@
-"""Factorised layers ``W = U Σ Vᵀ`` for Linear, Conv1d/2d and MultiheadAttention projections.
+"""Factorised weights ``W = U Σ Vᵀ`` that stand in for ``nn.Linear``, ``nn.Conv1d/2d`` and
+transformers' ``Conv1D``.
 
 Every weight is seen as a tall matrix ``A (m × n)``, ``n = min`` (spec §1): a Linear's ``W`` or
 ``Wᵀ``, a conv's ``W`` flattened over (in/groups, *kernel) and made tall. ``A = U Σ Vᵀ`` with frozen
-orthonormal ``U (m × n)``, ``V (n × n)`` (buffers) and a trainable dense ``Σ (n × n)``.
+orthonormal ``U (m × c)``, ``V (n × c)`` (buffers) and a trainable dense ``Σ (c × c)``.
 
-Storage keeps the conversion-time capacity ``n`` and a python-int ``rank``: only the leading
+Storage keeps a capacity ``c`` (``n`` at conversion) and a python-int ``rank``: only the leading
 ``rank`` columns of U, V and the leading ``rank × rank`` block of Σ are live, the rest is zero. A
-truncation therefore never changes a tensor's shape, so the optimizer keeps its references and a
-DistributedDataParallel reducer built at conversion stays valid through every update. Compute
-scales with ``rank``: the forward works on views of the live blocks.
+rank cut therefore changes no shape, so the optimizer keeps its references and a
+DistributedDataParallel reducer built at conversion stays valid; :meth:`LowRankLayer.compact`
+shrinks the storage when the caller allows it. The layer owns its factors: :meth:`rotate`,
+:meth:`truncate` and :meth:`compact` are the only code that writes them.
+
+A layer answers what outside code asks of the module it replaced (``weight``, ``bias``,
+``in_features``, conv geometry…): ``weight`` is materialised on demand, and gradients through it
+reach Σ. Its state dict holds tensors only (the rank is a 0-d tensor), so safetensors can save it.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import TrainingDiverged
+
 __all__ = [
     "LowRankLayer",
     "LowRankLinear",
     "LowRankConv",
-    "LowRankMHA",
+    "LowRankConv1D",
     "factor_modules",
+    "thin_svd",
 ]
 
 
 def thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``a = U diag(s) Vᵀ`` in float32 with autocast off, whatever the input dtype (spec §5)."""
+    """``a = U diag(s) Vᵀ`` in float32 with autocast off, whatever the input dtype (spec §5).
+
+    The factors come back row-major: LAPACK's are column-major, and a factor rebuilt from a
+    checkpoint is row-major, so without this a resumed run would take other matmul kernels and
+    drift from the original on some CPUs.
+    """
+    if not bool(torch.isfinite(a).all()):
+        raise TrainingDiverged(
+            "a weight holds NaN or Inf, so it cannot be factorised: training diverged; "
+            "lower the learning rate or clip gradients"
+        )
     with torch.autocast(a.device.type, enabled=False):
         u, s, vh = torch.linalg.svd(a.float(), full_matrices=False)
-    return u, s, vh.mT
+    return u.contiguous(), s, vh.mT.contiguous()
 
 
 class LowRankLayer(nn.Module):
     """Shared state and arithmetic of every factorised weight.
 
+    Build one with a subclass's ``from_dense`` (SVD of the dense weight) or ``placeholder``
+    (zero factors of a given capacity, for loading a checkpoint).
+
     Args:
-        weight2d: the dense weight as ``(out, in_flat)``.
+        out_features, in_flat: the dense weight's shape as ``(out, in_flat)``.
         bias: the dense bias Parameter, reused as is so its optimizer state carries on.
+        capacity: the rank the tensors are stored at.
         factored: ``"auto"`` picks per forward the cheaper of the factored chain and the
             materialised weight (cost model of spec §5, with the actual row count); ``True`` /
             ``False`` force one.
-        init: take the SVD of ``weight2d``; ``False`` builds zero factors of the right shapes
-            (for loading a checkpoint, where values come from a state dict).
     """
-
-    trainable = ("sigma", "bias")
-    frozen = ("u", "v")
 
     def __init__(
         self,
-        weight2d: Tensor,
+        out_features: int,
+        in_flat: int,
         bias: nn.Parameter | None,
+        *,
+        capacity: int,
         factored: bool | str = "auto",
-        init: bool = True,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
     ):
         super().__init__()
-        out_f, in_f = weight2d.shape
-        self.out_features, self.in_features = out_f, in_f
+        self.out_features, self.in_features = out_features, in_flat
         # A = W if W is tall, else Wᵀ (spec §1); SVDs always run on the tall orientation.
-        self.transposed = out_f < in_f
-        m, n = max(out_f, in_f), min(out_f, in_f)
-        dtype, device = weight2d.dtype, weight2d.device
-        if init:
-            a = weight2d.detach().mT if self.transposed else weight2d.detach()
-            u, s, v = thin_svd(a)
-            u, sigma, v = u.to(dtype), torch.diag(s).to(dtype), v.to(dtype)
-        else:
-            u = torch.zeros(m, n, dtype=dtype, device=device)
-            v = torch.zeros(n, n, dtype=dtype, device=device)
-            sigma = torch.zeros(n, n, dtype=dtype, device=device)
-        self.register_buffer("u", u)  # (m, n) frozen, orthonormal live columns
-        self.register_buffer("v", v)  # (n, n) frozen
-        self.sigma = nn.Parameter(sigma)  # (n, n) trainable, live block [:rank, :rank]
+        self.a_transposed = out_features < in_flat
+        m, n = max(out_features, in_flat), min(out_features, in_flat)
+        zeros = dict(dtype=dtype, device=device)
+        self.register_buffer("u", torch.zeros(m, capacity, **zeros))  # frozen, orthonormal live
+        self.register_buffer("v", torch.zeros(n, capacity, **zeros))  # frozen, orthonormal live
+        self.sigma = nn.Parameter(torch.zeros(capacity, capacity, **zeros))  # live [:rank, :rank]
         self.bias = bias
-        self.rank = n
+        self.full_rank = n
+        self.rank = capacity
         self.factored = factored
 
     # -- shapes and counts -------------------------------------------------------------------
     @property
-    def full_rank(self) -> int:
-        return self.v.shape[0]
-
-    @property
     def m(self) -> int:
         return self.u.shape[0]
 
-    def _bias_params(self) -> int:
-        return 0 if self.bias is None else self.bias.numel()
+    @property
+    def capacity(self) -> int:
+        """The rank the tensors are stored at (≥ ``rank``)."""
+        return self.sigma.shape[0]
 
     def factor_params(self) -> int:
         """Stored weight parameters: ``m r + r² + n r`` (spec §5), bias excluded."""
@@ -99,14 +111,21 @@ class LowRankLayer(nn.Module):
 
     def trainable_params(self) -> int:
         """Σ's live block plus the bias."""
-        return self.rank**2 + self._bias_params()
+        return self.rank**2 + (0 if self.bias is None else self.bias.numel())
 
     def stored_params(self) -> int:
-        return self.factor_params() + self._bias_params()
+        return self.factor_params() + (0 if self.bias is None else self.bias.numel())
 
-    # -- live blocks ---------------------------------------------------------------------------
+    # -- the factors -------------------------------------------------------------------------
     def live(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Views ``U[:, :r]``, ``Σ[:r, :r]``, ``V[:, :r]`` (no copies)."""
+        """Views ``U[:, :r]``, ``Σ[:r, :r]``, ``V[:, :r]`` (no copies).
+
+        Under ``torch.compile`` the whole storage is used instead (the columns past ``rank`` are
+        zero, so the function is the same): a rank cut then changes no guard, and only a
+        compaction, which changes shapes, can recompile.
+        """
+        if torch.compiler.is_compiling():
+            return self.u, self.sigma, self.v
         r = self.rank
         return self.u[:, :r], self.sigma[:r, :r], self.v[:, :r]
 
@@ -117,19 +136,63 @@ class LowRankLayer(nn.Module):
         first would cost ``m r²`` more forward and an ``R m r`` weight gradient backward.
         """
         u, s, v = self.live()
-        if self.transposed:  # W = Aᵀ = V Σᵀ Uᵀ
+        if self.a_transposed:  # W = Aᵀ = V Σᵀ Uᵀ
             return u, s.mT, v
         return v, s, u  # W = U Σ Vᵀ
 
     def weight2d(self) -> Tensor:
-        """The dense ``(out, in_flat)`` weight this layer represents."""
+        """The dense ``(out, in_flat)`` weight this layer represents (gradients reach Σ)."""
         b_in, core, b_out = self.chain()
         return b_out @ core @ b_in.mT
 
-    @property
-    def capacity(self) -> int:
-        """The rank the tensors are stored at (≥ ``rank``)."""
-        return self.sigma.shape[0]
+    def factored_is_cheaper(self, rows: int) -> bool:
+        """Spec §5: factored ``R (r (m + n) + r²)`` vs materialised ``m r (r + n) + R m n``."""
+        if isinstance(self.factored, bool):
+            return self.factored
+        r, m, n = self.live()[1].shape[0], self.m, self.full_rank
+        return rows * (r * (m + n) + r * r) < m * r * (r + n) + rows * m * n
+
+    @torch.no_grad()
+    def set_from_weight(self, weight2d: Tensor) -> Tensor:
+        """Factorise a dense ``(out, in_flat)`` weight at full rank; returns its singular values."""
+        a = weight2d.detach().mT if self.a_transposed else weight2d.detach()
+        u, s, v = thin_svd(a)
+        self.u.copy_(u)
+        self.v.copy_(v)
+        self.sigma.copy_(torch.diag(s))
+        self.rank = s.numel()
+        return s
+
+    @torch.no_grad()
+    def rotate(self, p: Tensor, q: Tensor, s: Tensor, rank: int) -> None:
+        """Turn the bases onto Σ's singular vectors and keep ``rank`` of them (spec §2.3).
+
+        With ``Σ = P diag(s) Qᵀ``: ``U ← U P``, ``V ← V Q``, ``Σ ← diag(s)``, which leaves the
+        function unchanged, then drop the columns past ``rank``. Σ's gradient is cleared: it was
+        taken in the old coordinates.
+        """
+        u, _, v = self.live()
+        new_u = (u.float() @ p[:, :rank]).to(self.u.dtype)
+        new_v = (v.float() @ q[:, :rank]).to(self.v.dtype)
+        self._write(new_u, torch.diag(s[:rank]).to(self.sigma.dtype), new_v)
+        if self.sigma.grad is not None:
+            self.sigma.grad.zero_()
+
+    @torch.no_grad()
+    def truncate(self, rank: int) -> None:
+        """Keep the leading ``rank`` columns as they are (the fixed-rank baseline's cut)."""
+        u, sigma, v = self.live()
+        self._write(u[:, :rank].clone(), sigma[:rank, :rank].clone(), v[:, :rank].clone())
+
+    def _write(self, u: Tensor, sigma: Tensor, v: Tensor) -> None:
+        """Store live factors of rank ``sigma.shape[0]`` in place, zeros past it."""
+        r = sigma.shape[0]
+        for target, value in ((self.u, u), (self.v, v)):
+            target.zero_()
+            target[:, :r] = value
+        self.sigma.zero_()
+        self.sigma[:r, :r] = sigma
+        self.rank = r
 
     def compact(self) -> tuple[nn.Parameter, nn.Parameter]:
         """Store only the live rank: new, smaller U, V buffers and a new Σ Parameter.
@@ -144,30 +207,54 @@ class LowRankLayer(nn.Module):
         self.sigma = nn.Parameter(old.detach()[:r, :r].clone(), requires_grad=old.requires_grad)
         return old, self.sigma
 
-    def factored_is_cheaper(self, rows: int) -> bool:
-        """Spec §5: factored ``R (r (m + n) + r²)`` vs materialised ``m r (r + n) + R m n``."""
-        if isinstance(self.factored, bool):
-            return self.factored
-        r, m, n = self.rank, self.m, self.full_rank
-        return rows * (r * (m + n) + r * r) < m * r * (r + n) + rows * m * n
+    # -- state: tensors only ------------------------------------------------------------------
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.rank)
 
-    def get_extra_state(self) -> dict:
-        return {"rank": self.rank, "factored": self.factored}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.rank = int(state["rank"])
-        self.factored = state["factored"]
+    def set_extra_state(self, state: Tensor) -> None:
+        rank = int(state)
+        if not 1 <= rank <= self.capacity:
+            raise ValueError(f"rank {rank} does not fit a layer stored at rank {self.capacity}")
+        self.rank = rank
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}/{self.full_rank}"
 
 
+def _factorised(cls, dense: nn.Module, weight2d: Tensor, factored, capacity: int | None):
+    """A ``cls`` for ``dense``: its SVD when ``capacity`` is None, else zero factors."""
+    out_f, in_f = weight2d.shape
+    layer = cls(
+        out_f,
+        in_f,
+        dense.bias,
+        capacity=min(out_f, in_f) if capacity is None else capacity,
+        factored=factored,
+        dtype=weight2d.dtype,
+        device=weight2d.device,
+    )
+    if capacity is None:
+        layer.set_from_weight(weight2d)
+    return layer
+
+
 class LowRankLinear(LowRankLayer):
-    """``nn.Linear`` as ``x → x B_in → · C_outᵀ`` with ``B_in C_outᵀ = Wᵀ``."""
+    """``nn.Linear`` as ``x → x B_in → · coreᵀ → · B_outᵀ``."""
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, factored: bool | str = "auto", init: bool = True):
-        return cls(linear.weight, linear.bias, factored, init)
+    def from_dense(
+        cls, linear: nn.Module, factored: bool | str = "auto", capacity: int | None = None
+    ) -> LowRankLinear:
+        """The SVD of ``linear`` (a placeholder of ``capacity`` when given)."""
+        return _factorised(cls, linear, cls.dense_weight2d(linear), factored, capacity)
+
+    @staticmethod
+    def dense_weight2d(linear: nn.Module) -> Tensor:
+        return linear.weight
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight2d()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.factored_is_cheaper(x.numel() // self.in_features):
@@ -177,60 +264,92 @@ class LowRankLinear(LowRankLayer):
 
     def to_dense(self) -> nn.Linear:
         dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        dense = dense.to(device=self.sigma.device, dtype=self.sigma.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.weight2d())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return _filled(dense, self.weight2d(), self.bias)
+
+
+class LowRankConv1D(LowRankLinear):
+    """transformers' ``Conv1D`` (GPT-2's projections): a Linear whose weight is stored
+    transposed as ``(in, out)``; ``weight`` keeps that layout for code that reads it."""
+
+    @staticmethod
+    def dense_weight2d(conv1d: nn.Module) -> Tensor:
+        return conv1d.weight.mT
+
+    @property
+    def nf(self) -> int:
+        return self.out_features
+
+    @property
+    def nx(self) -> int:
+        return self.in_features
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight2d().mT
+
+    def to_dense(self) -> nn.Module:
+        conv1d = sys.modules["transformers.pytorch_utils"].Conv1D(self.nf, self.nx)
+        return _filled(conv1d, self.weight2d().mT, self.bias)
 
 
 class LowRankConv(LowRankLayer):
     """``nn.Conv1d``/``nn.Conv2d`` (groups = 1, zero padding) as a conv with ``r`` filters over
-    the input followed by a 1×1 conv with ``C_out = U Σ`` (spec §5)."""
+    the input followed by a 1×1 conv with ``B_out · core`` (spec §5)."""
 
-    def __init__(
-        self, conv: nn.Conv1d | nn.Conv2d, factored: bool | str = "auto", init: bool = True
-    ):
-        super().__init__(conv.weight.flatten(1), conv.bias, factored, init)
-        self.kernel_size = conv.kernel_size
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.dims = len(conv.kernel_size)
-        self.conv = F.conv1d if self.dims == 1 else F.conv2d
-        self.out_channels, self.in_channels = conv.out_channels, conv.in_channels
+    groups = 1
+    padding_mode = "zeros"
 
     @classmethod
     def from_dense(
-        cls, conv: nn.Conv1d | nn.Conv2d, factored: bool | str = "auto", init: bool = True
-    ):
-        return cls(conv, factored, init)
+        cls, conv: nn.Module, factored: bool | str = "auto", capacity: int | None = None
+    ) -> LowRankConv:
+        """The SVD of ``conv`` (a placeholder of ``capacity`` when given)."""
+        layer = _factorised(cls, conv, cls.dense_weight2d(conv), factored, capacity)
+        layer.kernel_size, layer.stride = conv.kernel_size, conv.stride
+        layer.padding, layer.dilation = conv.padding, conv.dilation
+        layer.out_channels, layer.in_channels = conv.out_channels, conv.in_channels
+        return layer
+
+    @staticmethod
+    def dense_weight2d(conv: nn.Module) -> Tensor:
+        return conv.weight.flatten(1)
+
+    @property
+    def dims(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight2d().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None, **kwargs) -> Tensor:
+        return (F.conv1d if self.dims == 1 else F.conv2d)(x, weight, bias, **kwargs)
 
     def _output_rows(self, x: Tensor) -> int:
         """Batch × output positions: the ``R`` of the cost model."""
         rows = x.shape[0]
         for i, size in enumerate(x.shape[2:]):
             if isinstance(self.padding, str):  # "same" keeps the size (stride 1); "valid" pads 0
-                pad = 0 if self.padding == "valid" else None
+                if self.padding == "same":
+                    rows *= size
+                    continue
+                pad = 0
             else:
                 pad = self.padding[i]
-            if pad is None:
-                rows *= size
-                continue
             span = self.dilation[i] * (self.kernel_size[i] - 1) + 1
             rows *= max(1, (size + 2 * pad - span) // self.stride[i] + 1)
         return rows
 
     def forward(self, x: Tensor) -> Tensor:
-        conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
-        if self.factored_is_cheaper(self._output_rows(x)):
-            b_in, core, b_out = self.chain()
-            ones = [1] * self.dims
-            filters = b_in.mT.reshape(self.rank, self.in_channels, *self.kernel_size)  # (r, C, *k)
-            h = self.conv(x, filters, **conv_args)  # (B, r, *spatial)
-            h = self.conv(h, core.reshape(self.rank, self.rank, *ones))  # 1×1: (B, r, *spatial)
-            return self.conv(h, b_out.reshape(self.out_channels, self.rank, *ones), self.bias)
-        weight = self.weight2d().reshape(self.out_channels, self.in_channels, *self.kernel_size)
-        return self.conv(x, weight, self.bias, **conv_args)
+        geometry = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        if not self.factored_is_cheaper(self._output_rows(x)):
+            return self._conv(x, self.weight, self.bias, **geometry)
+        b_in, core, b_out = self.chain()
+        r, ones = core.shape[0], [1] * self.dims
+        filters = b_in.mT.reshape(r, self.in_channels, *self.kernel_size)  # (r, C, *k)
+        h = self._conv(x, filters, **geometry)  # (B, r, *spatial)
+        h = self._conv(h, core.reshape(r, r, *ones))  # 1×1: (B, r, *spatial)
+        return self._conv(h, b_out.reshape(self.out_channels, r, *ones), self.bias)
 
     def to_dense(self) -> nn.Module:
         cls = nn.Conv1d if self.dims == 1 else nn.Conv2d
@@ -242,161 +361,18 @@ class LowRankConv(LowRankLayer):
             padding=self.padding,
             dilation=self.dilation,
             bias=self.bias is not None,
-        ).to(device=self.sigma.device, dtype=self.sigma.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.weight2d().reshape_as(dense.weight))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-
-class LowRankMHA(nn.Module):
-    """``nn.MultiheadAttention`` with its packed in-projection ``(3E × E)`` and its out-projection
-    each either factorised or dense.
-
-    ``nn.MultiheadAttention.forward`` reads ``in_proj_weight`` and ``out_proj.weight`` as dense
-    tensors, so replacing the projections alone would force a materialised weight every step (and
-    is where the reference code crashes). This module re-implements the attention around the
-    projections instead, with ``F.scaled_dot_product_attention`` when no weights are requested, and
-    keeps ``nn.MultiheadAttention``'s call signature, masks and ``batch_first`` semantics.
-    Supported: ``kdim == vdim == embed_dim``, no ``add_bias_kv``, no ``add_zero_attn``.
-    """
-
-    def __init__(self, in_proj: nn.Module, out_proj: nn.Module, mha: nn.MultiheadAttention):
-        super().__init__()
-        self.in_proj, self.out_proj = in_proj, out_proj
-        self.embed_dim, self.num_heads = mha.embed_dim, mha.num_heads
-        self.head_dim = mha.head_dim
-        self.dropout, self.batch_first = mha.dropout, mha.batch_first
-
-    @staticmethod
-    def dense_in_proj(mha: nn.MultiheadAttention) -> nn.Linear:
-        """An ``nn.Linear`` that shares (not copies) the MHA's packed in-projection parameters."""
-        lin = nn.Linear(mha.embed_dim, 3 * mha.embed_dim, bias=mha.in_proj_bias is not None)
-        lin.weight = mha.in_proj_weight
-        lin.bias = mha.in_proj_bias
-        return lin
-
-    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        e = self.embed_dim
-        if query is key and key is value:  # self-attention: one projection for q, k and v
-            return self.in_proj(query).split(e, dim=-1)
-        # cross-attention: each input takes its third of the packed projection's rows
-        return tuple(
-            self._project_rows(x, slice(i * e, (i + 1) * e))
-            for i, x in enumerate((query, key, value))
         )
-
-    def _project_rows(self, x: Tensor, rows: slice) -> Tensor:
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
-        if isinstance(self.in_proj, LowRankLayer):
-            b_in, core, b_out = self.in_proj.chain()
-            return F.linear((x @ b_in) @ core.mT, b_out[rows], bias)
-        return F.linear(x, self.in_proj.weight[rows], bias)
-
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        batched = query.dim() == 3
-        self_attention = query is key and key is value  # decided before reshapes break identity
-        if not batched:  # (L, E) → (1, L, E)
-            dim = 0 if self.batch_first else 1
-            query, key, value = (t.unsqueeze(dim) for t in (query, key, value))
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        if not self.batch_first:  # (L, B, E) → (B, L, E)
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        if self_attention:
-            key = value = query
-        q, k, v = self._project(query, key, value)
-        bsz, tgt_len, src_len = q.shape[0], q.shape[1], k.shape[1]
-        h, d = self.num_heads, self.head_dim
-        q = q.view(bsz, tgt_len, h, d).transpose(1, 2)  # (B, h, L, d)
-        k = k.view(bsz, src_len, h, d).transpose(1, 2)  # (B, h, S, d)
-        v = v.view(bsz, src_len, h, d).transpose(1, 2)  # (B, h, S, d)
-        mask = _merge_masks(attn_mask, key_padding_mask, is_causal, tgt_len, src_len, q)
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = (q @ k.mT) / math.sqrt(d)  # (B, h, L, S)
-            if mask is not None:
-                scores = scores + mask
-            attn = scores.softmax(dim=-1)
-            weights = attn.mean(dim=1) if average_attn_weights else attn
-            out = F.dropout(attn, dropout, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = self.out_proj(out.transpose(1, 2).reshape(bsz, tgt_len, h * d))  # (B, L, E)
-        if not self.batch_first:
-            out = out.transpose(0, 1)
-        if not batched:
-            out = out.squeeze(0 if self.batch_first else 1)
-            weights = weights.squeeze(0) if weights is not None else None
-        return out, weights
-
-    def to_dense(self) -> nn.MultiheadAttention:
-        in_proj = (
-            self.in_proj.to_dense() if isinstance(self.in_proj, LowRankLayer) else self.in_proj
-        )
-        out_proj = (
-            self.out_proj.to_dense() if isinstance(self.out_proj, LowRankLayer) else self.out_proj
-        )
-        mha = nn.MultiheadAttention(
-            self.embed_dim,
-            self.num_heads,
-            dropout=self.dropout,
-            bias=in_proj.bias is not None,
-            batch_first=self.batch_first,
-        ).to(device=in_proj.weight.device, dtype=in_proj.weight.dtype)
-        with torch.no_grad():
-            mha.in_proj_weight.copy_(in_proj.weight)
-            mha.out_proj.weight.copy_(out_proj.weight)
-            if in_proj.bias is not None:
-                mha.in_proj_bias.copy_(in_proj.bias)
-            if out_proj.bias is not None and mha.out_proj.bias is not None:
-                mha.out_proj.bias.copy_(out_proj.bias)
-        return mha
+        return _filled(dense, self.weight, self.bias)
 
 
-def _merge_masks(
-    attn_mask: Tensor | None,
-    key_padding_mask: Tensor | None,
-    is_causal: bool,
-    tgt_len: int,
-    src_len: int,
-    like: Tensor,
-) -> Tensor | None:
-    """One additive float mask (B or 1, h or 1, L, S) from MHA's masks, where ``True`` in a boolean
-    mask means *not allowed* (MHA's convention, the opposite of SDPA's)."""
-
-    def additive(mask: Tensor) -> Tensor:
-        if mask.dtype == torch.bool:
-            return torch.zeros_like(mask, dtype=like.dtype).masked_fill(mask, float("-inf"))
-        return mask.to(like.dtype)
-
-    merged = None
-    if is_causal and attn_mask is None:
-        attn_mask = torch.ones(tgt_len, src_len, dtype=torch.bool, device=like.device).triu(1)
-    if attn_mask is not None:
-        m = additive(attn_mask)
-        # (L, S) → (1, 1, L, S); (B·h, L, S) → (B, h, L, S)
-        merged = (
-            m.view(1, 1, tgt_len, src_len)
-            if m.dim() == 2
-            else m.view(-1, like.shape[1], tgt_len, src_len)
-        )
-    if key_padding_mask is not None:
-        kpm = additive(key_padding_mask).view(-1, 1, 1, src_len)  # (B, 1, 1, S)
-        merged = kpm if merged is None else merged + kpm
-    return merged
+@torch.no_grad()
+def _filled(dense: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """``dense`` moved to ``weight``'s device and dtype, holding ``weight`` and ``bias``."""
+    dense = dense.to(device=weight.device, dtype=weight.dtype)
+    dense.weight.copy_(weight)
+    if bias is not None:
+        dense.bias.copy_(bias)
+    return dense
 
 
 def factor_modules(model: nn.Module) -> dict[str, LowRankLayer]:
