@@ -208,13 +208,31 @@ def test_rollout_converts_deepest_layers_first():
     assert steps == {"net.4": 10, "net.2": 20, "net.0": 30}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_resume_from_checkpoint_is_exact(kind, tmp_path):
+def factor_strides(ctl):
+    return {
+        (name, attr): getattr(layer, attr).stride()
+        for name, layer in ctl.layers().items()
+        for attr in ("u", "v", "sigma")
+    }
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [(k, {}) for k in KINDS]
+    + [
+        ("mlp", {"compact": False}),
+        ("mlp", {"delay": 0}),
+        ("cnn", {"delay": 0, "fixed_rank": 0.5}),
+    ],
+)
+def test_resume_from_checkpoint_is_exact(kind, options, tmp_path):
     def build():
         torch.manual_seed(0)
         model, xs, ys = task(kind)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        ctl = oialr.OIALR(model, opt, delay=8, update_freq=6, sigma_cutoff=0.3)
+        ctl = oialr.OIALR(
+            model, opt, **({"delay": 8, "update_freq": 6, "sigma_cutoff": 0.3} | options)
+        )
         return model, opt, ctl, xs, ys
 
     model, opt, ctl, xs, ys = build()
@@ -223,6 +241,7 @@ def test_resume_from_checkpoint_is_exact(kind, tmp_path):
     torch.save(
         {"model": model.state_dict(), "opt": opt.state_dict(), "oialr": ctl.state_dict()}, path
     )
+    strides = factor_strides(ctl)
     reference = copy.deepcopy((model, opt, ctl))
 
     model2, opt2, ctl2, _, _ = build()
@@ -231,6 +250,8 @@ def test_resume_from_checkpoint_is_exact(kind, tmp_path):
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     assert ctl2.ranks() == ctl.ranks() and ctl2.step_count == 21
+    # rebuilt factors lie in memory as the originals do, so matmuls take the same kernels
+    assert factor_strides(ctl2) == strides
     torch.testing.assert_close(model2(xs[:16]), model(xs[:16]), atol=0, rtol=0)
     # the next steps, including an update at step 26, are identical
     losses = train(model, opt, ctl, xs, ys, 7)
@@ -288,3 +309,109 @@ def test_compaction_is_a_pure_storage_change():
         assert id(layer.sigma) in params
         state = opt.state[layer.sigma]
         assert state["exp_avg"].shape == layer.sigma.shape and state["step"] > 0
+
+
+def test_torch_compile_keeps_its_graphs_through_rank_updates():
+    """A rank cut changes no guard: only conversion and compactions (new shapes, which dynamo
+    then treats as dynamic) compile again, however many updates there are."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, xs, ys = task("mlp", n=512)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ctl = oialr.OIALR(model, opt, delay=10, update_freq=5, sigma_cutoff=0.2)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    losses = train(compiled, opt, ctl, xs, ys, 80)
+    updates = {r.step for r in ctl.history if r.event == "update"}
+    cuts = {r.step for r in ctl.history if r.event == "update" and r.rank_after < r.rank_before}
+    assert len(updates) == 14 and len(cuts) >= 8
+    assert counter.frame_count <= 4, counter.frame_count  # dense, converted, ≤ 2 compactions
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(xs), model(xs), atol=1e-5, rtol=1e-5)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    "args, options, message",
+    [
+        ((None,), {}, "optimizer must be a torch.optim.Optimizer, got NoneType"),
+        (("params",), {}, "optimizer must be a torch.optim.Optimizer, got generator"),
+        ((), {"delay": "100"}, "`delay`: Value error, must be a whole number, not str"),
+        ((), {"delay": True}, "`delay`: Value error, must be a whole number, not bool"),
+        ((), {"delay": 1.5}, "`delay`: Value error, must be a whole number, not float"),
+        (
+            (),
+            {"sigma_cutoff": torch.tensor(0.1)},
+            "`sigma_cutoff`: Value error, must be a number, not Tensor",
+        ),
+        ((), {"sigma_cutoff": float("nan")}, "`sigma_cutoff`: Value error, must be finite"),
+        ((), {"update_freq": 0}, "`update_freq`: Input should be greater than or equal to 1"),
+        ((), {"keep_last": "yes"}, "`keep_last`: Input should be a valid boolean"),
+        ((), {"sigma_cut": 0.1}, "unknown option (a typo?)"),
+    ],
+)
+def test_api_misuse_is_one_clear_error(args, options, message):
+    model, _, _ = task("mlp")
+    if args == ("params",):
+        args = (model.parameters(),)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(oialr.ConfigError) as err:
+        oialr.OIALR(model, *(args or (opt,)), **options)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_model_is_managed_by_one_controller():
+    model, _, _ = task("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    oialr.OIALR(model, opt, delay=0)
+    with pytest.raises(oialr.ConfigError, match="already converted"):
+        oialr.OIALR(model, opt, delay=0)
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({}, "not an OIALR controller state (missing config, step"),
+        ("model", "not an OIALR controller state"),
+    ],
+)
+def test_load_state_dict_refuses_what_is_not_a_controller_state(state, message):
+    model, _, _ = task("mlp")
+    ctl = oialr.OIALR(model, torch.optim.SGD(model.parameters(), lr=0.1), delay=5)
+    with pytest.raises(oialr.ConfigError) as err:
+        ctl.load_state_dict(model.state_dict() if state == "model" else state)
+    assert message in str(err.value)
+
+
+def test_load_state_dict_refuses_a_state_from_another_model():
+    model, _, _ = task("mlp")
+    ctl = oialr.OIALR(model, torch.optim.SGD(model.parameters(), lr=0.1), delay=0)
+    other, _, _ = task("cnn")
+    ctl2 = oialr.OIALR(other, torch.optim.SGD(other.parameters(), lr=0.1), delay=5)
+    with pytest.raises(oialr.ConfigError, match="other layers than this model's"):
+        ctl2.load_state_dict(ctl.state_dict())
+
+
+def test_from_state_dict_continues_on_a_model_loaded_first():
+    """Frameworks load the model's weights before they build the optimizer: the controller then
+    attaches to the already factorised model."""
+    torch.manual_seed(0)
+    model, xs, ys = task("mlp")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ctl = oialr.OIALR(model, opt, delay=5, update_freq=5, sigma_cutoff=0.3)
+    train(model, opt, ctl, xs, ys, 12)
+    saved = copy.deepcopy(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "oialr": ctl.state_dict()}
+    )
+    expected = train(model, opt, ctl, xs, ys, 6)
+
+    torch.manual_seed(0)
+    model2, _, _ = task("mlp")
+    oialr.load_factorised(model2, saved["model"])  # the framework's weight load
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=3e-3)  # built over the factorised model
+    opt2.load_state_dict(saved["opt"])
+    ctl2 = oialr.OIALR.from_state_dict(model2, opt2, saved["oialr"])
+    assert ctl2.ranks() == {n: m.rank for n, m in oialr.lowrank.factor_modules(model2).items()}
+    assert train(model2, opt2, ctl2, xs, ys, 6) == expected

@@ -8,7 +8,8 @@ from tiny_models import KINDS, make
 from torch import nn
 
 import oialr
-from oialr.lowrank import LowRankConv, LowRankLayer, LowRankLinear, LowRankMHA
+from oialr.attention import LowRankMHA
+from oialr.lowrank import LowRankConv, LowRankLayer, LowRankLinear
 
 ATOL = 1e-5
 
