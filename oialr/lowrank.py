@@ -149,7 +149,8 @@ class LowRankLayer(nn.Module):
         """Spec §5: factored ``R (r (m + n) + r²)`` vs materialised ``m r (r + n) + R m n``."""
         if isinstance(self.factored, bool):
             return self.factored
-        r, m, n = self.live()[1].shape[0], self.m, self.full_rank
+        r = self.capacity if torch.compiler.is_compiling() else self.rank  # what live() uses
+        m, n = self.m, self.full_rank
         return rows * (r * (m + n) + r * r) < m * r * (r + n) + rows * m * n
 
     @torch.no_grad()
