@@ -37,8 +37,10 @@ run: setup
 	$(BIN)/streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port $(PORT) \
 	  --server.headless true --browser.gatherUsageStats false -- --storage $(STORAGE)
 
-# pytest exits 5 when it collects nothing: that is a failure here, as any other non-zero code.
+# The layering contracts first (seconds), then every test. pytest exits 5 when it collects
+# nothing: that is a failure here, as any other non-zero code.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -4,21 +4,15 @@ Routes to the pages in app_pages/ and draws the shared study selector; pages rea
 URL and the chosen study from ``st.session_state["ctx"]``.
 """
 
-# ruff: noqa: E402  (sys.path must be set before `app` and `oialr` are imported)
 import os
 import sys
-from pathlib import Path
-
-# `streamlit run` puts only app/ on sys.path; the repository root makes `app` and `oialr` importable.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import queries
-from oialr.store import mask_url
+from app.optuna_reads import StudyMissing
+from oialr.vocab import mask_url
 
 st.set_page_config(page_title="OIALR Studio", page_icon=":material/compress:", layout="wide")
 url = queries.storage_from_args(sys.argv[1:], os.environ)
@@ -49,5 +43,9 @@ study_id = int(studies.loc[studies["study"] == study, "study_id"].iloc[0])
 st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id}
 try:
     page.run()
-except (SQLAlchemyError, queries.StorageUnavailable) as exc:  # e.g. the file vanished mid-session
+except (
+    SQLAlchemyError,
+    queries.StorageUnavailable,
+    StudyMissing,
+) as exc:  # e.g. the file vanished mid-session
     st.error(f"Cannot read `{mask_url(url)}`: {str(exc).splitlines()[0]}")

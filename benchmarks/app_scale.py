@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,18 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+import streamlit  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `app` is not an installed package
-
-import optuna  # noqa: E402
-import streamlit  # noqa: E402, F401
 
 # Importing app.queries outside `streamlit run` logs one "No runtime found" line per cache.
 logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
 
-from app import charts, queries  # noqa: E402
-from oialr.store import MetricsStore  # noqa: E402
+from app import charts, optuna_reads, queries  # noqa: E402
+from oialr.metrics_reader import MetricsReader  # noqa: E402
+from oialr.metrics_store import MetricsStore  # noqa: E402
 
 PAGE_GOAL_S = 1.0
 POLL_GOAL_S = 0.100
@@ -231,13 +229,13 @@ class Page:
 
 
 def page_studies(engine, page: Page) -> None:
-    summary = page.query(queries.list_studies, engine)
+    summary = page.query(optuna_reads.list_studies, engine)
     page.figure("states", charts.states_figure, summary)
 
 
 def _trials(engine, page: Page):
-    studies = page.query(queries.list_studies, engine)  # the sidebar's study selector
-    return page.query(queries.load_study_trials, engine, int(studies["study_id"].iloc[0]))
+    studies = page.query(optuna_reads.list_studies, engine)  # the sidebar's study selector
+    return page.query(optuna_reads.load_study_trials, engine, int(studies["study_id"].iloc[0]))
 
 
 def page_pareto(engine, page: Page) -> None:
@@ -261,7 +259,7 @@ def page_parameters(engine, page: Page) -> None:
     page.figure("slices", charts.slices_figure, done, params, trials.objectives, logs)
     columns = params + trials.objectives
     page.figure("parallel", charts.parallel_figure, done, columns, "val_acc", log_columns=logs)
-    importances = page.query(queries.param_importances, trials)
+    importances = page.query(optuna_reads.param_importances, trials)
     page.figure("importance", charts.importance_figure, importances)
     page.figure(
         "contour", charts.contour_figure, done, params[0], params[1], "val_acc",
@@ -271,25 +269,27 @@ def page_parameters(engine, page: Page) -> None:
 
 def page_trial(engine, page: Page) -> None:
     trials = _trials(engine, page)
-    runs = page.query(queries.study_runs, engine, trials.study_name)
+    reader = MetricsReader(engine)
+    runs = page.query(reader.latest_runs, trials.study_name, full=False)
     run_ids = queries.trial_runs(trials, runs)
     done = trials.frame[trials.frame["state"] == "COMPLETE"]
     best = int(done.loc[done["val_acc"].idxmax(), "number"])
-    layers = page.query(queries.layer_table, engine, int(run_ids[best]))
+    layers = page.query(reader.layer_summary, int(run_ids[best]))
     page.figure("spectra", charts.spectra_figure, layers)
     chosen = [int(run_ids[n]) for n in (best, 3, 4)]
-    epochs = page.query(queries.epochs_of_runs, engine, chosen)
+    epochs = page.query(reader.epochs_of_runs, chosen)
     page.figure("compare", charts.compare_figure, epochs, {r: str(r) for r in chosen})
 
 
 def page_live(engine, page: Page, run_id: int) -> dict:
     trials = _trials(engine, page)
-    page.query(queries.study_runs, engine, trials.study_name)
-    tick = page.query(queries.poll, engine, run_id, {})  # cold: the tail of every table
+    reader = MetricsReader(engine)
+    page.query(reader.latest_runs, trials.study_name, full=False)
+    tick = page.query(queries.poll, reader, run_id, {})  # cold: the tail of every table
     window = queries.extend_window(None, run_id, tick)
     frames, run = window["frames"], window["run"]
-    steps, epochs = frames["oialr_steps"], frames["oialr_epochs"]
-    layers, warmup = frames["oialr_layers"], frames["oialr_stability"]
+    steps, epochs = frames["steps"], frames["epochs"]
+    layers, warmup = frames["layers"], frames["stability"]
     updates = layers.loc[layers["event"] == "update", "step"]
     conversion = run["conversion_step"]
     page.figure(
@@ -304,7 +304,7 @@ def page_live(engine, page: Page, run_id: int) -> dict:
     page.figure("rank_heatmap", charts.rank_heatmap, layers)
     page.figure("rank_lines", charts.rank_lines, layers)
     page.figure("stability", charts.stability_figure, warmup, layers, conversion_step=conversion)
-    row = page.query(queries.sigma, engine, int(layers["id"].iloc[-1]))
+    row = page.query(reader.layer_record, int(layers["id"].iloc[-1]))
     page.figure(
         "spectrum",
         charts.spectrum_figure,
@@ -320,7 +320,8 @@ def live_polls(url: str, engine, run_id: int, window: dict, n: int = 20) -> list
     """A writer appends 20 logged steps and a layer update between polls, as a fast trainer
     would in 2 s; each poll reads only what is new and extends the bounded window."""
     writer = MetricsStore(url, flush_rows=10_000, flush_seconds=1e9)
-    step = int(window["frames"]["oialr_steps"]["step"].iloc[-1])
+    step = int(window["frames"]["steps"]["step"].iloc[-1])
+    reader = MetricsReader(engine)
     times = []
     for _ in range(n):
         for _ in range(20):
@@ -338,10 +339,10 @@ def live_polls(url: str, engine, run_id: int, window: dict, n: int = 20) -> list
         )  # fmt: skip
         writer.flush()
         started = time.perf_counter()
-        tick = queries.poll(engine, run_id, window["after"])
+        tick = queries.poll(reader, run_id, window["after"])
         window = queries.extend_window(window, run_id, tick)
         times.append(time.perf_counter() - started)
-        assert len(tick["oialr_steps"]) == 20, "a poll must return exactly the new rows"
+        assert len(tick["steps"]) == 20, "a poll must return exactly the new rows"
     writer.close()
     return times
 
@@ -382,7 +383,7 @@ def main() -> None:
     )
 
     engine = queries.open_engine(url)
-    live_run = int(queries.study_runs(engine, "scale")["id"].iloc[-1])
+    live_run = int(MetricsReader(engine).latest_runs("scale", full=False)["id"].iloc[-1])
     renders = {
         "studies": lambda p: page_studies(engine, p),
         "live": lambda p: page_live(engine, p, live_run),

@@ -28,13 +28,19 @@ import torch
 from oialr import OIALR
 from oialr.data import load_dataset
 from oialr.models import build_model
+from oialr.run_config import RunConfig
 from oialr.spec import load_spec
 from oialr.study import load_study
-from oialr.train import RunConfig, fit
+from oialr.train import fit
+from oialr.vocab import OIALR as OIALR_MODE
+from oialr.vocab import TrialAttr
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = {"mlp": ROOT / "studies/quickstart.toml", "lenet5": ROOT / "studies/fashion-lenet5.toml"}
-REFERENCE = {"delay": 1000, "update_freq": 100, "sigma_cutoff": 0.1}  # the authors' code defaults
+# the authors' code defaults, in steps whatever unit the study searched them in
+REFERENCE = dict(
+    delay=1000, delay_unit="steps", update_freq=100, update_freq_unit="steps", sigma_cutoff=0.1
+)
 TARGET_FRACTION = 0.10
 
 
@@ -50,7 +56,7 @@ def run_study(model: str, storage: str, args) -> dict:
     subprocess.run(cmd, check=True, cwd=ROOT)
     spec = load_spec(spec_path, overrides)
     study = load_study(spec.name, storage)
-    pareto = [t for t in study.best_trials if t.user_attrs.get("mode") == "oialr"]
+    pareto = [t for t in study.best_trials if t.user_attrs.get(TrialAttr.MODE) == OIALR_MODE]
     if not pareto:
         raise SystemExit(f"{spec.name}: the study found no OIALR trial on the Pareto front")
     # the most accurate Pareto trial at or under the target fraction, else the smallest fraction
@@ -70,23 +76,17 @@ def run_study(model: str, storage: str, args) -> dict:
 
 def configs(model: str, tuned: dict, args) -> dict[str, RunConfig]:
     spec = tuned["spec"]
-    base = {k: v for k, v in spec.run.items() if k not in ("device",)}
-    base.update(epochs=args.epochs[model], device="cpu", subset=args.subset)
-    baseline_delay = spec.baseline_delay()
+    here = {"epochs": args.epochs[model], "device": "cpu", "subset": args.subset}
+
+    def config(params: dict, mode: str, **extra) -> RunConfig:
+        return RunConfig.build(**{**spec.run_values(params, mode, **extra), **here})
+
     return {
-        "dense": RunConfig.build(**base, mode="dense"),
-        "fixed-rank 25%": RunConfig.build(
-            **base, **baseline_delay, mode="fixed-rank", rank_fraction=0.25
-        ),
-        "fixed-rank 10%": RunConfig.build(
-            **base, **baseline_delay, mode="fixed-rank", rank_fraction=0.10
-        ),
-        "oialr reference defaults": RunConfig.build(**base, **REFERENCE, mode="oialr"),
-        "oialr tuned": spec.run_config(
-            tuned["params"],
-            "oialr",
-            **{"epochs": args.epochs[model], "device": "cpu", "subset": args.subset},
-        ),
+        "dense": config({}, "dense"),
+        "fixed-rank 25%": config({}, "fixed-rank", fixed_rank=0.25),
+        "fixed-rank 10%": config({}, "fixed-rank", fixed_rank=0.10),
+        "oialr reference defaults": config(REFERENCE, "oialr"),
+        "oialr tuned": config(tuned["params"], "oialr"),
     }
 
 
@@ -99,7 +99,8 @@ def matched_rank_fraction(cfg: RunConfig, target: float) -> float:
         mid = (low + high) / 2
         model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        ctl = OIALR(model, opt, delay=0, fixed_rank=mid, **cfg.oialr_options)
+        options = cfg.oialr.model_dump() | {"delay": 0, "delay_unit": "steps", "fixed_rank": mid}
+        ctl = OIALR(model, opt, **options)
         low, high = (mid, high) if ctl.trainable_fraction() < target else (low, mid)
     return round(high, 4)
 
@@ -203,8 +204,12 @@ def main() -> None:
                 if name == "oialr tuned":  # same run, but a fixed rank training as many parameters
                     target = table[model][name]["trainable_fraction"]["mean"]
                     fraction = matched_rank_fraction(cfg, target)
-                    matched = cfg.model_copy(
-                        update={"mode": "fixed-rank", "rank_fraction": fraction}
+                    matched = RunConfig.build(
+                        **cfg.model_dump()
+                        | {
+                            "mode": "fixed-rank",
+                            "oialr": cfg.oialr.model_dump() | {"fixed_rank": fraction},
+                        }
                     )
                     results = [
                         fit(matched.model_copy(update={"seed": seed})) for seed in range(args.seeds)

@@ -38,24 +38,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `app` is not an installed package
+import streamlit  # noqa: F401
 
-import streamlit  # noqa: E402, F401
+ROOT = Path(__file__).resolve().parents[1]
 
 # Importing app.queries outside `streamlit run` logs one "No runtime found" line per cache.
 logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
 
 from common import RESULTS_DIR, write_json  # noqa: E402
 
-from app import queries  # noqa: E402
+from app import optuna_reads, queries  # noqa: E402
+from oialr.metrics_reader import MetricsReader  # noqa: E402
 
 TINY = ROOT / "tests" / "specs" / "tiny.toml"
 OVERRIDES = [
     "run.epochs=40",
     "run.log_every=1",  # a step row per optimizer step: the steps table grows all the time
     "run.batch_size=32",
-    "run.oialr_options={stability_every=5}",  # warm-up stability rows too
+    "run.oialr={stability_every=5}",  # warm-up stability rows too
     'objective.kind="accuracy"',  # single objective: every epoch reports to Optuna…
     'pruner.name="median"',  # …and asks whether to prune, so trials also start and end often
     "budget.n_trials=100000",
@@ -153,23 +153,24 @@ def poll_once(engine, url: str, state: dict[str, Any]) -> dict[str, int]:
     status = queries.probe(url, engine)
     if status.kind != "ok":
         raise RuntimeError(f"probe: {status.kind}: {status.message}")
-    studies = queries.list_studies(engine)
+    studies = optuna_reads.list_studies(engine)
     row = studies.iloc[0]
     study_id, name = int(row["study_id"]), str(row["study"])
-    queries.study_token(engine, study_id)
-    trials = queries.load_study_trials(engine, study_id)
-    runs = queries.study_runs(engine, name)
+    optuna_reads.study_token(engine, study_id)
+    trials = optuna_reads.load_study_trials(engine, study_id)
+    reader = MetricsReader(engine)
+    runs = reader.latest_runs(name, full=False)
     seen = {"trials": len(trials.frame), "runs": len(runs)}
     running = runs[runs["status"] == "running"]
     if len(running):
         run_id = int(running["id"].max())  # the newest running trial
         after = state["window"]["after"] if state.get("window") else {}
-        tick = queries.poll(engine, run_id, after)
+        tick = queries.poll(reader, run_id, after)
         state["window"] = queries.extend_window(state.get("window"), run_id, tick)
         state["runs_followed"].add(run_id)
         for table in queries.LIVE_WINDOW:
             seen[table] = len(tick[table])
-        seen["layer_table"] = len(queries.layer_table(engine, run_id))
+        seen["layer_table"] = len(reader.layer_summary(run_id))
     return seen
 
 
@@ -177,7 +178,7 @@ def final_counts(url: str) -> dict[str, Any]:
     """Trial states and run statuses once the workers have stopped."""
     import sqlalchemy as sa
 
-    from oialr.store import make_engine
+    from oialr.metrics_schema import make_engine
 
     engine = make_engine(url)
     try:
@@ -197,7 +198,7 @@ def final_counts(url: str) -> dict[str, Any]:
                 )
             ).scalar()
             rows = {
-                t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar()
+                t: conn.execute(sa.text(f"SELECT COUNT(*) FROM oialr_{t}")).scalar()
                 for t in queries.LIVE_WINDOW
             }
             # seeds = 1: one run per trial, unless two workers claimed the same trial

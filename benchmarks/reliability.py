@@ -48,7 +48,12 @@ BAD_INPUT_TESTS = (
     "test_malformed_command_lines",
     "test_cli_train_bad_input",
 )
-FILES = ["tests/test_faults.py", "tests/test_spec.py", "tests/test_train.py", "tests/test_store.py"]
+FILES = [
+    "tests/test_faults.py",
+    "tests/test_spec.py",
+    "tests/test_train.py",
+    "tests/test_metrics_store.py",
+]
 
 
 def main() -> None:

@@ -34,18 +34,15 @@ import datetime as dt
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import streamlit  # noqa: F401
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `app` is not an installed package
-
-import streamlit  # noqa: E402, F401
 
 # Importing app.queries outside `streamlit run` logs one "No runtime found" line per cache.
 logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
@@ -53,9 +50,11 @@ logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.E
 from common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 
 from app import charts, queries  # noqa: E402
+from oialr.metrics_reader import MetricsReader  # noqa: E402
+from oialr.metrics_store import MetricsStore  # noqa: E402
 from oialr.recorders import StoreRecorder  # noqa: E402
-from oialr.store import MetricsStore  # noqa: E402
-from oialr.train import RunConfig, fit  # noqa: E402
+from oialr.run_config import RunConfig  # noqa: E402
+from oialr.train import fit  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -79,7 +78,7 @@ MODELS: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def run(store: MetricsStore, model: str, seed: int, args, **extra: Any) -> dict[str, Any]:
+def run(store: MetricsStore, model: str, seed: int, args, **oialr: Any) -> dict[str, Any]:
     """One recorded run; returns its result and the controller's per-layer conversion steps."""
     cfg = RunConfig.build(
         model=model,
@@ -89,13 +88,13 @@ def run(store: MetricsStore, model: str, seed: int, args, **extra: Any) -> dict[
         batch_size=args.batch_size,
         device="cpu",
         seed=seed,
-        update_freq=args.update_freq,
-        **{**MODELS[model], **extra},
+        oialr={"update_freq": args.update_freq, **oialr},
+        **MODELS[model],
     )
     started = time.perf_counter()
     result = fit(cfg, StoreRecorder(store))
     store.flush()
-    layers = queries.metrics(args.engine, "oialr_layers", result.run_id)
+    layers = args.reader.metrics("layers", result.run_id)
     converts = layers[layers["event"] == "convert"]
     return {
         "run_id": result.run_id,
@@ -126,9 +125,8 @@ def first_crossing(warmup, thresholds: list[float]) -> dict[str, dict[str, int |
 
 def measure(store: MetricsStore, model: str, seed: int, args) -> dict[str, Any]:
     """Part 1: a dense run with warm-up stability measurements, read back as the app does."""
-    result = run(store, model, seed, args, delay=NEVER,
-                 oialr_options={"stability_every": args.every})  # fmt: skip
-    warmup = queries.metrics(args.engine, "oialr_stability", result["run_id"])
+    result = run(store, model, seed, args, delay=NEVER, stability_every=args.every)
+    warmup = args.reader.metrics("stability", result["run_id"])
     summary = {}
     for layer, group in warmup.groupby("layer"):
         values = group["stability"].to_numpy()
@@ -162,15 +160,7 @@ def compare(store: MetricsStore, model: str, seeds: list[int], dense: dict[int, 
         for seed in seeds:
             print(f"  {model} seed {seed}: {key} ...", flush=True)
             rows[key].append(
-                run(
-                    store,
-                    model,
-                    seed,
-                    args,
-                    delay=delay,
-                    delay_unit="fraction",
-                    oialr_options=options,
-                )
+                run(store, model, seed, args, delay=delay, delay_unit="fraction", **options)
             )
     return {key: aggregate(runs) for key, runs in rows.items()}
 
@@ -198,7 +188,7 @@ def figures(measured: dict[str, dict[str, Any]], args) -> list:
     """One stability panel per model from the app's builder, thresholds as dotted lines."""
     figs = []
     for model, m in measured.items():
-        empty_layers = queries.metrics(args.engine, "oialr_layers", m["run_id"])  # none: dense
+        empty_layers = args.reader.metrics("layers", m["run_id"])  # none: dense
         fig = charts.stability_figure(m["_warmup"], empty_layers)
         for threshold in args.thresholds:
             fig.add_hline(
@@ -384,7 +374,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oialr-stability-") as folder:
         url = f"sqlite:///{Path(folder) / 'stability.db'}"
         store = MetricsStore(url)
-        args.engine = queries.open_engine(url)
+        args.reader = MetricsReader(queries.open_engine(url))
         measured: dict[str, dict[str, Any]] = {}
         dense: dict[str, dict[int, dict]] = {"lenet5": {}, "minivit": {}}
         for model, model_seeds in (("lenet5", seeds), ("minivit", vit_seeds or [0])):
@@ -400,7 +390,7 @@ def main() -> None:
                 comparison[model] = compare(store, model, model_seeds, dense[model], args)
         print(f"rendering {args.figure} ...", flush=True)
         render_png(figures(measured, args), args.figure)
-        args.engine.dispose()
+        args.reader.engine.dispose()
         store.close()
 
     print("\n== basis stability during dense training (first step reaching each threshold) ==")

@@ -47,14 +47,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import optuna
 import sqlalchemy as sa
 import torch
+from common import RESULTS_DIR, machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import optuna  # noqa: E402
-from common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 
 QUICKSTART = ROOT / "studies" / "quickstart.toml"
 TINY = ROOT / "tests" / "specs" / "tiny.toml"
@@ -97,7 +95,7 @@ def only_study(url: str) -> optuna.Study:
 
 def epochs_trained(url: str, study_name: str) -> int:
     """Rows of ``oialr_epochs`` over every run of the study (pruned runs included)."""
-    from oialr.store import make_engine
+    from oialr.metrics_schema import make_engine
 
     engine = make_engine(url)
     try:
@@ -309,10 +307,10 @@ class StorageTimer:
 def instrumented(timer: StorageTimer):
     import optuna.storages._rdb.storage as rdb
 
-    import oialr.study as study_module
-    from oialr.store import MetricsStore
+    import oialr.train as train_module  # where the objective takes fit from, at each trial
+    from oialr.metrics_store import MetricsStore
 
-    original = rdb._create_scoped_session, MetricsStore._transaction, study_module.fit
+    original = rdb._create_scoped_session, MetricsStore._transaction, train_module.fit
 
     def fit(cfg, recorder, **kwargs):
         started = time.perf_counter()
@@ -322,11 +320,11 @@ def instrumented(timer: StorageTimer):
 
     rdb._create_scoped_session = timer.wrap("optuna", original[0])
     MetricsStore._transaction = timer.wrap("metrics", original[1])
-    study_module.fit = fit
+    train_module.fit = fit
     try:
         yield
     finally:
-        rdb._create_scoped_session, MetricsStore._transaction, study_module.fit = original
+        rdb._create_scoped_session, MetricsStore._transaction, train_module.fit = original
 
 
 def bench_storage_backend(url: str, sets: list[str], n_trials: int) -> dict[str, Any]:

@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from oialr.metrics_store import MetricsStore
 from oialr.recorders import Recorder, StoreRecorder
-from oialr.store import MetricsStore
-from oialr.train import RunConfig, fit
+from oialr.run_config import RunConfig
+from oialr.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"mlp": 5, "lenet5": 10}  # model → epochs, as in the README
@@ -80,7 +81,7 @@ class StepTimes(Recorder):
 def logging_overhead(repeats: int) -> dict:
     """Median ms per step without recording, and with the store at log_every 10 and 1."""
     base = dict(model="mlp", dataset="fashion-mnist", subset=10000, epochs=1, batch_size=128,
-                delay=20, update_freq=20, device="cpu")  # fmt: skip
+                oialr={"delay": 20, "update_freq": 20}, device="cpu")  # fmt: skip
     times: dict[str, list[float]] = {"none": [], "store log_every=10": [], "store log_every=1": []}
     with tempfile.TemporaryDirectory() as tmp, MetricsStore(f"sqlite:///{tmp}/log.db") as store:
         for _ in range(repeats):  # interleaved, so drift hits every variant alike

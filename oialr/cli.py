@@ -13,14 +13,23 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import tomllib
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from .errors import ConfigError, OIALRError
+try:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+except ImportError:  # the library was installed without its command line's extra
+    print(
+        "oialr's command line needs the studio extra: pip install 'oialr[studio]'", file=sys.stderr
+    )
+    raise SystemExit(2) from None
+
+from .errors import ConfigError, Interrupted, OIALRError
+from .options import add_flags
+from .vocab import OBJECTIVES_ATTR, TrialAttr, mask_url, resolve_storage, sqlite_file
 
 _logger = logging.getLogger("oialr")
 console = Console(stderr=True)
@@ -28,69 +37,27 @@ out = Console()
 
 
 # -- train ---------------------------------------------------------------------------------------
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field (``foo_bar`` → ``--foo-bar``), validated by the model."""
-    from .train import RunConfig
-
-    for name, field in RunConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        help_text = field.description or ""
-        if field.annotation is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif get_origin(field.annotation) is dict or field.annotation is dict:
-            parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text)
-        else:
-            choices = (
-                get_args(field.annotation) if get_origin(field.annotation) is not None else None
-            )
-            literal = choices and all(isinstance(c, str) for c in choices)
-            parser.add_argument(
-                flag, metavar=name.upper(), choices=choices if literal else None, help=help_text
-            )
-
-
-def _parse_value(text: str) -> Any:
-    """A TOML literal (number, bool, list) when it parses, else the string itself."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _run_config_from_args(args: argparse.Namespace):
-    from .train import RunConfig
+    """The RunConfig of ``--config FILE`` (if given) with the flags over it."""
+    from .options import flag_for, values_from_flags
+    from .run_config import RunConfig
 
-    values: dict[str, Any] = {}
+    base: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
         try:
-            values = tomllib.loads(path.read_text())
+            base = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"--config {path}: no such file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
-    for name in RunConfig.model_fields:
-        given = getattr(args, name, None)
-        if given is None:
-            continue
-        if isinstance(given, list):  # KEY=VALUE pairs
-            pairs = {}
-            for item in given:
-                key, sep, raw = item.partition("=")
-                if not sep or not key:
-                    flag = "--" + name.replace("_", "-")
-                    raise ConfigError(
-                        f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} min_rank=4"
-                    )
-                pairs[key] = _parse_value(raw)
-            values[name] = {**values.get(name, {}), **pairs}
-        elif isinstance(given, str) and given.lower() == "none":
-            values[name] = None
-        else:
-            values[name] = given
-    return RunConfig.build(**values)
+    try:
+        return RunConfig.build(**values_from_flags(args, base))
+    except ConfigError as err:  # name the flag the user typed, not the field behind it
+        flag = flag_for(err.field)
+        if flag is None:
+            raise
+        raise ConfigError(f"{flag}: {str(err).split(': ', 1)[-1]}", field=err.field) from None
 
 
 class ProgressRecorder:
@@ -132,9 +99,8 @@ class ProgressRecorder:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .metrics_store import MetricsStore
     from .recorders import Recorders, StoreRecorder
-    from .store import MetricsStore
-    from .study import resolve_storage
     from .train import fit
 
     cfg = _run_config_from_args(args)
@@ -196,7 +162,6 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     from .study import (
         create_study,
         open_storage,
-        resolve_storage,
         run_worker,
         run_workers,
         worker_command,
@@ -245,12 +210,17 @@ def _trial_rows(study, best_only: bool):
         done = [
             t
             for t in trials
-            if t.state == TrialState.COMPLETE and t.user_attrs.get("constraint", 0) <= 0
+            if t.state == TrialState.COMPLETE and t.user_attrs.get(TrialAttr.CONSTRAINT, 0) <= 0
         ]
         sign = 1 if study.direction.name == "MAXIMIZE" else -1
         pareto = {max(done, key=lambda t: sign * t.value).number} if done else set()
     rows = [t for t in trials if t.number in pareto] if best_only else trials
     return rows, pareto
+
+
+_RESULT_KEYS = (
+    TrialAttr.VAL_ACC, TrialAttr.TEST_ACC, TrialAttr.TRAINABLE_FRACTION, TrialAttr.STORED_FRACTION,
+)  # fmt: skip
 
 
 def _print_trials(study, best_only: bool, limit: int | None = None, commands: bool = False) -> None:
@@ -272,17 +242,18 @@ def _print_trials(study, best_only: bool, limit: int | None = None, commands: bo
     shown = rows if limit is None else rows[-limit:]
     for t in shown:
         a = t.user_attrs
-        mode = a.get("mode", "oialr") + (f" {a['rank_fraction']:g}" if "rank_fraction" in a else "")
+        rank = a.get(TrialAttr.RANK_FRACTION)
+        mode = a.get(TrialAttr.MODE, "oialr") + (f" {rank:g}" if rank is not None else "")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
         table.add_row(
             str(t.number), t.state.name, mode, params or "-",
-            *(_fmt(a.get(k)) for k in ("val_acc", "test_acc", "trainable_fraction", "stored_fraction")),
+            *(_fmt(a.get(k)) for k in _RESULT_KEYS),
             "★" if t.number in pareto else "",
         )  # fmt: skip
     out.print(table)
     if commands:
         for t in shown:
-            out.print(f"[bold]trial {t.number}[/bold]: {t.user_attrs.get('command', '(no command recorded)')}",
+            out.print(f"[bold]trial {t.number}[/bold]: {t.user_attrs.get(TrialAttr.COMMAND, '(no command recorded)')}",
                       soft_wrap=True, highlight=False)  # fmt: skip
 
 
@@ -298,18 +269,17 @@ def _existing_storage(url: str):
     """Read commands never create a database: a missing SQLite file is an error."""
     from .study import open_storage
 
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise ConfigError(f"storage {url}: no such database file; run `oialr study run` first")
+    try:
+        path = sqlite_file(url)
+    except Exception:  # the storage below says what is wrong with the URL
+        path = None
+    if path is not None and not path.exists():
+        raise ConfigError(f"storage {url}: no such database file; run `oialr study run` first")
     return open_storage(url)
 
 
 def cmd_study_list(args: argparse.Namespace) -> int:
     import optuna
-
-    from .store import mask_url
-    from .study import resolve_storage
 
     url = resolve_storage(args.storage)
     summaries = optuna.get_all_study_summaries(_existing_storage(url), include_best_trial=False)
@@ -320,7 +290,7 @@ def cmd_study_list(args: argparse.Namespace) -> int:
     for col in ("name", "trials", "objectives", "started"):
         table.add_column(col)
     for s in summaries:
-        objectives = s.user_attrs.get("oialr.objectives") or [d.name.lower() for d in s.directions]
+        objectives = s.user_attrs.get(OBJECTIVES_ATTR) or [d.name.lower() for d in s.directions]
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
         table.add_row(s.study_name, str(s.n_trials), ", ".join(objectives), started)
     out.print(table)
@@ -328,7 +298,7 @@ def cmd_study_list(args: argparse.Namespace) -> int:
 
 
 def cmd_study_show(args: argparse.Namespace) -> int:
-    from .study import load_study, resolve_storage
+    from .study import load_study
 
     study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
     _print_trials(study, best_only=False)
@@ -336,7 +306,7 @@ def cmd_study_show(args: argparse.Namespace) -> int:
 
 
 def cmd_study_best(args: argparse.Namespace) -> int:
-    from .study import load_study, resolve_storage
+    from .study import load_study
 
     study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
     _print_trials(study, best_only=True, commands=True)
@@ -344,7 +314,7 @@ def cmd_study_best(args: argparse.Namespace) -> int:
 
 
 def cmd_study_export(args: argparse.Namespace) -> int:
-    from .study import load_study, resolve_storage
+    from .study import load_study
 
     study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs",
@@ -368,8 +338,8 @@ def cmd_study_export(args: argparse.Namespace) -> int:
 def cmd_study_delete(args: argparse.Namespace) -> int:
     import optuna
 
-    from .store import MetricsStore
-    from .study import load_study, resolve_storage
+    from .metrics_store import MetricsStore
+    from .study import load_study
 
     url = resolve_storage(args.storage)
     storage = _existing_storage(url)
@@ -397,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one model", description="Train one model.")
-    _add_run_flags(train)
+    add_flags(train)
     train.add_argument("--config", help="a TOML file of run options (flags override it)")
     train.add_argument(
         "--storage", help="metrics storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)"
@@ -448,19 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if not args.verbose:  # failed trials get one line of ours (study.py), not a traceback
+    if args.command == "study" and not args.verbose:
         import warnings
 
-        import optuna
+        import optuna  # failed trials get one line of ours (study.py), not Optuna's traceback
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from .study import Interrupted, _raise_interrupted
-
     for sig in (signal.SIGINT, signal.SIGTERM):  # both end the run cleanly, recorded
         signal.signal(sig, _raise_interrupted)
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from .conversion import (
 from .errors import ConfigError
 from .lowrank import LowRankLayer, factor_modules, thin_svd
 from .optim_state import resolve_optimizer, rotate_state, swap_param
+from .records import LayerRecord
 from .stability import (
     basis_stability,
     dropped_mass,
@@ -50,29 +51,6 @@ _logger = logging.getLogger(__name__)
 __all__ = ["OIALR", "LayerRecord"]
 
 _STATE_KEYS = ("config", "step", "layers", "polar", "history", "report", "dense")
-
-
-@dataclass
-class LayerRecord:
-    """One layer at one event (spec §8): ``event`` is ``"convert"``, ``"update"`` or
-    ``"stability"`` (a warm-up measurement, where only ``stability`` is meaningful)."""
-
-    step: int
-    layer: str
-    event: str
-    rank_before: int
-    rank_after: int
-    n: int
-    rank_fraction: float
-    trainable: int
-    stored: int
-    rule: str = "none"
-    dropped_mass: float = 0.0
-    offdiag_energy: float = 0.0
-    rotation: float = 0.0
-    stability: float | None = None
-    cutoff: float | None = None
-    sigma: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -93,11 +71,13 @@ class OIALR:
             :data:`oialr.optim_state.SUPPORTED`). At conversion each Σ takes its layer
             weight's slot in the same param group (same lr, weight decay), so LR schedulers
             carry on.
-        delay: dense warm-up in optimizer steps.
-        update_freq: optimizer steps between rank updates.
+        delay: dense warm-up, in optimizer steps (or ``delay_unit``).
+        update_freq: optimizer steps between rank updates (or ``update_freq_unit``).
         sigma_cutoff: keep singular values ``s_i >= sigma_cutoff * s_1``.
         on_update: called as ``on_update(controller, records)`` after every conversion, update and
             warm-up stability measurement.
+        steps_per_epoch, total_steps: the run's length, needed only when a unit is ``"epochs"``
+            or ``"fraction"``.
         **options: the other fields of :class:`OIALRConfig`.
 
     Under DistributedDataParallel, re-wrap the model when :meth:`step` returns ``"convert"`` (new
@@ -114,12 +94,14 @@ class OIALR:
         sigma_cutoff: float = 0.1,
         *,
         on_update: Callable[[OIALR, list[LayerRecord]], Any] | None = None,
+        steps_per_epoch: int | None = None,
+        total_steps: int | None = None,
         **options: Any,
     ):
         config = OIALRConfig.build(
             delay=delay, update_freq=update_freq, sigma_cutoff=sigma_cutoff, **options
         )
-        self._attach(model, optimizer, config, on_update)
+        self._attach(model, optimizer, config.in_steps(steps_per_epoch, total_steps), on_update)
         root = unwrap(model)
         in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         self.report = plan_conversion(root, config, in_optimizer)

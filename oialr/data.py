@@ -1,21 +1,18 @@
 """Datasets as device-resident tensors.
 
-Small image datasets fit in device memory, so they are decoded once into normalised float32
-tensors and batched by indexing: no DataLoader, no PIL, no per-sample work. Training-set
-augmentation (random crop, horizontal flip) runs batched on the device, with all randomness drawn
-from a CPU ``torch.Generator`` so that runs are reproducible on CPU and GPU alike.
-
-ImageNet is the exception: it is far too big for tensors and is streamed from ImageFolders through
-a DataLoader (see :class:`ImageFolderData`).
+Small image datasets fit in device memory, so they are decoded once (from the files
+:mod:`oialr.sources` reads) into normalised float32 tensors and batched by indexing: no
+DataLoader, no PIL, no per-sample work. Training-set augmentation (random crop, horizontal flip)
+runs batched on the device, with all randomness drawn from a CPU ``torch.Generator`` so that runs
+are reproducible on CPU and GPU alike. ImageNet is the exception: it is streamed from
+ImageFolders (:mod:`oialr.imagenet`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,25 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from oialr.errors import ConfigError, DataError
+from oialr.errors import ConfigError
+from oialr.run_config import DATASETS
+from oialr.sources import load_cifar, load_idx_dataset
 
 logger = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = (
-    "fashion-mnist",
-    "mnist",
-    "cifar10",
-    "cifar100",
-    "imagenet",
-    "synthetic",
-)
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop", "crop-flip")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
-# Where Debian's `dataset-fashion-mnist` package puts the gzipped IDX files.
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-# Where downloads go (and are looked for) when no data_dir is given.
-DEFAULT_DATA_DIR = Path.home() / ".cache" / "oialr" / "data"
 
 # Per-channel (mean, std) of the [0, 1]-scaled training images.
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -62,22 +49,6 @@ _DEFAULT_AUGMENT = {
     "cifar100": "crop-flip",
     "imagenet": "crop-flip",
     "synthetic": "none",
-}
-
-# IDX element types: code -> big-endian numpy dtype.
-_IDX_DTYPES = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
 }
 
 
@@ -146,9 +117,7 @@ class Dataset:
 
     def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
         """Number of training batches in one epoch."""
-        _check_batch_size(batch_size)
-        n = len(self.train_y)
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
+        return steps_per_epoch(len(self.train_y), batch_size, drop_last)
 
     def batches(
         self,
@@ -172,7 +141,7 @@ class Dataset:
         Yields:
             Batches on the dataset's device.
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         if generator is not None and generator.device.type != "cpu":
             raise ConfigError("batches() needs a CPU torch.Generator (indices are moved over)")
         x, y = self.split(split)
@@ -239,164 +208,15 @@ def random_crop(
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
 
 
-# --------------------------------------------------------------------------------------------
-# IDX files (MNIST, Fashion-MNIST)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (gzipped or plain) into a numpy array.
-
-    Raises:
-        DataError: The file is unreadable, has a bad magic number, or is truncated.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"cannot read IDX file {path}: {err}") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(
-            f"corrupt IDX file {path}: bad magic number {raw[:4].hex() or '(empty)'} "
-            "(expected 0000 08/09/0b/0c/0d/0e then the number of dimensions)"
-        )
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"corrupt IDX file {path}: truncated header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(
-            f"corrupt IDX file {path}: {len(raw) - header} data bytes, expected {expected} "
-            f"for shape {dims}"
-        )
-    # A native-endian copy: torch rejects big-endian arrays and warns on read-only buffers.
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return data.astype(dtype.newbyteorder("="))
-
-
-def _find_idx_file(directory: Path, stem: str) -> Path | None:
-    # Some mirrors spell the files "train-images.idx3-ubyte"; plain beats gz (no decompression).
-    for name in (stem, stem.replace("-idx", ".idx")):
-        for candidate in (directory / name, directory / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _find_idx_set(directory: Path) -> dict[str, Path] | None:
-    """The four IDX files in ``directory``, or None unless all four are there."""
-    if not directory.is_dir():
-        return None
-    found = {key: _find_idx_file(directory, stem) for key, stem in _IDX_FILES.items()}
-    missing = [_IDX_FILES[k] for k, p in found.items() if p is None]
-    if missing and len(missing) < len(found):
-        logger.warning("%s holds only some IDX files; missing %s", directory, ", ".join(missing))
-    return None if missing else found  # type: ignore[return-value]
-
-
-def _load_idx_set(files: dict[str, Path], num_classes: int) -> tuple[np.ndarray, ...]:
-    arrays = {key: read_idx(path) for key, path in files.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1:
-            raise DataError(
-                f"{files[f'{split}_images']}: expected images (N, H, W) and labels (N,), "
-                f"got {images.shape} and {labels.shape}"
-            )
-        if len(images) != len(labels):
-            raise DataError(
-                f"{files[f'{split}_images']} has {len(images)} images but "
-                f"{files[f'{split}_labels']} has {len(labels)} labels"
-            )
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DataError(f"{files[f'{split}_labels']}: labels outside 0..{num_classes - 1}")
-    return (
-        arrays["train_images"][:, None],
-        arrays["train_labels"],
-        arrays["test_images"][:, None],
-        arrays["test_labels"],
-    )
-
-
-def _load_idx_dataset(
-    name: str, data_dir: Path | None, download: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Find and read MNIST or Fashion-MNIST: data_dir, then Debian's package, then download."""
-    tv_folder = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
-    root = data_dir if data_dir is not None else DEFAULT_DATA_DIR
-    places = [root, root / tv_folder / "raw"]
-    if name == "fashion-mnist":
-        places.append(DEBIAN_FASHION_MNIST)
-    for place in places:
-        files = _find_idx_set(place)
-        if files is not None:
-            logger.info("%s: reading IDX files from %s", name, place)
-            return _load_idx_set(files, num_classes=10)
-    if download:
-        _torchvision_download(name, root)
-        files = _find_idx_set(root / tv_folder / "raw")
-        if files is not None:
-            return _load_idx_set(files, num_classes=10)
-    looked = ", ".join(str(p) for p in places)
-    how = "apt-get install dataset-fashion-mnist, " if name == "fashion-mnist" else ""
-    raise DataError(
-        f"{name}: no IDX files ({_IDX_FILES['train_images']}[.gz] and the other three) found in "
-        f"{looked}; get them with {how}--data-dir DIR (a folder holding them, or torchvision's "
-        f"{tv_folder}/raw layout), or --download"
-    )
-
-
-def _torchvision_download(name: str, root: Path) -> None:
-    import torchvision
-
-    cls = (
-        torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
-    )
-    logger.info("%s: downloading to %s", name, root)
-    try:
-        cls(str(root), train=True, download=True)
-    except Exception as err:  # network errors come in many types
-        raise DataError(f"{name}: download to {root} failed: {err}") from err
-
-
-# --------------------------------------------------------------------------------------------
-# CIFAR
-
-
-def _load_cifar(
-    name: str, data_dir: Path | None, download: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    import torchvision
-
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    root = data_dir if data_dir is not None else DEFAULT_DATA_DIR
-    if root.name == cls.base_folder:  # accept the extracted folder itself
-        root = root.parent
-    try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except RuntimeError as err:
-        raise DataError(
-            f"{name}: not found or corrupt under {root} (looked for {cls.base_folder}/); pass --data-dir DIR "
-            f"holding it, or --download"
-        ) from err
-    except Exception as err:  # network errors during download
-        raise DataError(f"{name}: download to {root} failed: {err}") from err
-    # .data is uint8 (N, H, W, C) for the whole split: convert in one go, not per sample.
-    return (
-        train.data.transpose(0, 3, 1, 2),
-        np.asarray(train.targets),
-        test.data.transpose(0, 3, 1, 2),
-        np.asarray(test.targets),
-    )
+def steps_per_epoch(examples: int, batch_size: int, drop_last: bool) -> int:
+    """Training batches in one epoch of ``examples``."""
+    check_batch_size(batch_size)
+    return examples // batch_size if drop_last else math.ceil(examples / batch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +317,7 @@ def load_dataset(
     seed: int = 0,
     device: str | torch.device = "cpu",
     pad_to: int | None = None,
-) -> Dataset | ImageFolderData:
+) -> Dataset:
     """Load a dataset as normalised tensors on ``device``.
 
     Args:
@@ -513,7 +333,8 @@ def load_dataset(
         pad_to: Zero-pad square images to this size (e.g. 32 for 28x28 images and patch-8 ViTs).
 
     Returns:
-        A :class:`Dataset`; for "imagenet" an :class:`ImageFolderData` streaming from disk.
+        A :class:`Dataset`; for "imagenet" an :class:`oialr.imagenet.ImageFolderData`
+        streaming from disk, with the same interface.
 
     Raises:
         ConfigError: Unknown name or bad argument.
@@ -522,28 +343,11 @@ def load_dataset(
     key = _validate(name, val_fraction, subset)
     root = Path(data_dir).expanduser() if data_dir is not None else None
     if key == "imagenet":
-        return _load_imagenet(root, val_fraction, subset, seed, device)
+        from oialr.imagenet import load_imagenet  # torchvision's ImageFolders: only here
 
-    if key == "synthetic":
-        train_x, train_y, test_x, test_y = make_synthetic(seed)
-        if pad_to is not None:
-            pad = _pad_amount(key, tuple(train_x.shape[-2:]), pad_to)
-            train_x, test_x = (F.pad(t, (pad // 2, pad - pad // 2) * 2) for t in (train_x, test_x))
-        fill: tuple[float, ...] = ()
-    else:
-        if key in ("fashion-mnist", "mnist"):
-            arrays = _load_idx_dataset(key, root, download)
-        else:
-            arrays = _load_cifar(key, root, download)
-        train_np, train_lab, test_np, test_lab = arrays
-        mean, std = NORMALISATION[key]
-        pad = _pad_amount(key, tuple(train_np.shape[-2:]), pad_to)
-        train_x = _to_tensor(train_np, mean, std, pad)
-        test_x = _to_tensor(test_np, mean, std, pad)
-        train_y = torch.from_numpy(np.asarray(train_lab, dtype=np.int64))
-        test_y = torch.from_numpy(np.asarray(test_lab, dtype=np.int64))
-        fill = tuple(-m / s for m, s in zip(mean, std))
+        return load_imagenet(root, val_fraction, subset, seed, device)
 
+    train_x, train_y, test_x, test_y, fill = _tensors(key, root, download, seed, pad_to)
     train_idx, val_idx = split_indices(
         len(train_y), val_fraction=val_fraction, subset=subset, seed=seed
     )
@@ -560,115 +364,31 @@ def load_dataset(
         pad_fill=fill,
     )
     logger.info(
-        "%s: %d train / %d val / %d test, shape %s",
-        key,
-        len(dataset.train_y),
-        len(dataset.val_y),
-        len(dataset.test_y),
-        dataset.input_shape,
-    )
+        "%s: %d train / %d val / %d test, shape %s", key, len(dataset.train_y),
+        len(dataset.val_y), len(dataset.test_y), dataset.input_shape,
+    )  # fmt: skip
     return dataset.to(device)
 
 
-# --------------------------------------------------------------------------------------------
-# ImageNet: streamed from ImageFolders
-
-
-class _Transformed(torch.utils.data.Dataset):
-    """Some indices of a shared ImageFolder, with their own transform (train vs eval)."""
-
-    def __init__(self, base, indices: list[int], transform) -> None:
-        self.base, self.indices, self.transform = base, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        path, label = self.base.samples[self.indices[i]]
-        return self.transform(self.base.loader(path)), label
-
-
-@dataclass
-class ImageFolderData:
-    """A Dataset-like view of ImageFolders too big for tensors, batched by a DataLoader.
-
-    It offers the same ``batches``/``steps_per_epoch``/``input_shape``/``to`` interface as
-    :class:`Dataset`, but has no ``*_x``/``*_y`` tensors.
-    """
-
-    name: str
-    train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
-    num_classes: int
-    augment: str = "crop-flip"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    num_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (3, 224, 224)
-
-    def to(self, device: str | torch.device) -> ImageFolderData:
-        return dataclasses.replace(self, device=torch.device(device))
-
-    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
-        _check_batch_size(batch_size)
-        n = len(self.train)  # type: ignore[arg-type]
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
-
-    def batches(
-        self,
-        split: str,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (images, labels) batches of ``split`` on ``self.device``."""
-        _check_batch_size(batch_size)
-        if split not in SPLITS:
-            raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        loader = torch.utils.data.DataLoader(
-            getattr(self, split),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-
-def _load_imagenet(
-    root: Path | None, val_fraction: float, subset: int | None, seed: int, device
-) -> ImageFolderData:
-    if root is None or not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise DataError(
-            f"imagenet: no train/ and val/ ImageFolders under {root or '(no --data-dir)'}; "
-            "imagenet needs a GPU machine and --data-dir with train/ and val/ ImageFolders"
-        )
-    from torchvision import datasets, transforms
-
-    mean, std = NORMALISATION["imagenet"]
-    norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    train_tf = transforms.Compose(
-        [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *norm]
-    )
-    eval_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), *norm])
-    train_folder = datasets.ImageFolder(str(root / "train"))
-    test_folder = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
-    train_idx, val_idx = split_indices(
-        len(train_folder), val_fraction=val_fraction, subset=subset, seed=seed
-    )
-    return ImageFolderData(
-        name="imagenet",
-        train=_Transformed(train_folder, train_idx.tolist(), train_tf),
-        val=_Transformed(train_folder, val_idx.tolist(), eval_tf),
-        test=test_folder,
-        num_classes=len(train_folder.classes),
-        device=torch.device(device),
+def _tensors(key: str, root: Path | None, download: bool, seed: int, pad_to: int | None):
+    """(train_x, train_y, test_x, test_y, pad fill) of a built-in dataset, normalised."""
+    if key == "synthetic":
+        train_x, train_y, test_x, test_y = make_synthetic(seed)
+        if pad_to is not None:
+            pad = _pad_amount(key, tuple(train_x.shape[-2:]), pad_to)
+            train_x, test_x = (F.pad(t, (pad // 2, pad - pad // 2) * 2) for t in (train_x, test_x))
+        return train_x, train_y, test_x, test_y, ()
+    if key in ("fashion-mnist", "mnist"):
+        arrays = load_idx_dataset(key, root, download)
+    else:
+        arrays = load_cifar(key, root, download)
+    train_np, train_lab, test_np, test_lab = arrays
+    mean, std = NORMALISATION[key]
+    pad = _pad_amount(key, tuple(train_np.shape[-2:]), pad_to)
+    return (
+        _to_tensor(train_np, mean, std, pad),
+        torch.from_numpy(np.asarray(train_lab, dtype=np.int64)),
+        _to_tensor(test_np, mean, std, pad),
+        torch.from_numpy(np.asarray(test_lab, dtype=np.int64)),
+        tuple(-m / s for m, s in zip(mean, std)),
     )

@@ -11,7 +11,15 @@ class OIALRError(Exception):
 
 
 class ConfigError(OIALRError, ValueError):
-    """A bad option, spec field or argument; the message names it and the fix."""
+    """A bad option, spec field or argument; the message names it and the fix.
+
+    ``field`` is the dotted name of the option at fault when one is (``run.oialr.delay``), so
+    callers can re-address it (a spec names ``run.…``, the CLI ``--…``) without parsing text.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class NoEligibleLayersError(ConfigError):
@@ -30,13 +38,24 @@ class TrainingDiverged(OIALRError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line naming the first bad field, what is wrong and the value given."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the running trial or run is recorded on the way out."""
+
+
+class RunPruned(OIALRError):
+    """A recorder stopped the run early on purpose (a study's pruner); not a failure."""
+
+
+def validation_error(err: ValidationError, prefix: str = "", what: str = "") -> ConfigError:
+    """One-line ConfigError naming the first bad field, what is wrong and the value given.
+
+    ``prefix`` is prepended to the field's dotted name (``run.``); ``what`` to the message.
+    """
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    field = prefix + (".".join(str(p) for p in first["loc"]) or "(top level)")
     given = first.get("input")
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown option (a typo?)"
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"{prefix}`{field}`: {msg}{shown}"
+    return ConfigError(f"{what}`{field}`: {msg}{shown}", field=field)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oialr.errors import ConfigError
+from oialr.run_config import BUILTIN_MODELS, MODEL_PREFIXES, model_names
 
 logger = logging.getLogger(__name__)
 
@@ -308,18 +309,13 @@ def _timm(name: str, input_shape: tuple[int, ...], num_classes: int, **options: 
 # --------------------------------------------------------------------------------------------
 # Registry
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "lenet5": lenet5,
-    "resnet20": resnet20,
-    "minivit": minivit,
-}
-PREFIXES: dict[str, Callable[..., nn.Module]] = {"tv": _torchvision, "timm": _timm}
-
-
-def model_names() -> list[str]:
-    """Built-in model names plus the ``tv:<name>`` and ``timm:<name>`` patterns."""
-    return [*MODELS, *(f"{prefix}:<name>" for prefix in PREFIXES)]
+# The builders of the names oialr.run_config declares (torch-free, for validation).
+MODELS: dict[str, Callable[..., nn.Module]] = dict(
+    zip(BUILTIN_MODELS, (mlp, lenet5, resnet20, minivit), strict=True)
+)
+PREFIXES: dict[str, Callable[..., nn.Module]] = dict(
+    zip(MODEL_PREFIXES, (_torchvision, _timm), strict=True)
+)
 
 
 def model_options(name: str) -> list[str]:

@@ -1,18 +1,19 @@
-"""Where a run's events go: nowhere, several places, or the metrics store."""
+"""Where a run's events go: nowhere (:class:`Recorder`), several places (:class:`Recorders`),
+or the metrics store (:class:`StoreRecorder`, given an open store, so this module needs no
+database library).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import TYPE_CHECKING, Any
 
-from .controller import LayerRecord
+from .vocab import CONVERT, STABILITY
 
 if TYPE_CHECKING:
-    from .store import MetricsStore
-    from .train import RunConfig, RunResult
-
-_logger = logging.getLogger(__name__)
+    from .metrics_store import MetricsStore
+    from .records import LayerRecord
+    from .run_config import RunConfig, RunResult
 
 __all__ = ["Recorder", "Recorders", "StoreRecorder"]
 
@@ -20,7 +21,7 @@ __all__ = ["Recorder", "Recorders", "StoreRecorder"]
 class Recorder:
     """Receives a run's events. Subclass and override what you need; every method is a no-op.
 
-    ``epoch`` may raise (``optuna.TrialPruned``, say) to stop the run.
+    ``epoch`` may raise :class:`oialr.errors.RunPruned` to stop the run early.
     """
 
     run_id: int | None = None
@@ -42,24 +43,25 @@ class Recorders(Recorder):
     def run_id(self) -> int | None:
         return next((r.run_id for r in self.recorders if r.run_id is not None), None)
 
-    def _each(self, method: str, *args: Any) -> None:
-        for r in self.recorders:
-            getattr(r, method)(*args)
-
     def start(self, config):
-        self._each("start", config)
+        for r in self.recorders:
+            r.start(config)
 
     def step(self, step, loss, lr, step_time):
-        self._each("step", step, loss, lr, step_time)
+        for r in self.recorders:
+            r.step(step, loss, lr, step_time)
 
     def epoch(self, metrics):
-        self._each("epoch", metrics)
+        for r in self.recorders:
+            r.epoch(metrics)
 
     def layers(self, records):
-        self._each("layers", records)
+        for r in self.recorders:
+            r.layers(records)
 
     def finish(self, status, result, error):
-        self._each("finish", status, result, error)
+        for r in self.recorders:
+            r.finish(status, result, error)
 
 
 class StoreRecorder(Recorder):
@@ -102,15 +104,15 @@ class StoreRecorder(Recorder):
         self.store.log_epoch(self.run_id, **metrics)
 
     def layers(self, records):
-        stability = [r for r in records if r.event == "stability"]
-        updates = [dataclasses.asdict(r) for r in records if r.event != "stability"]
+        stability = [r for r in records if r.event == STABILITY]
+        updates = [dataclasses.asdict(r) for r in records if r.event != STABILITY]
         if stability:
             self.store.log_stability(
                 self.run_id, stability[0].step, {r.layer: r.stability for r in stability}
             )
         if updates:
             self.store.log_layers(self.run_id, updates)
-        if not self._converted and any(r.event == "convert" for r in records):
+        if not self._converted and any(r.event == CONVERT for r in records):
             self._converted = True
             self.store.set_conversion_step(self.run_id, records[0].step)
 

@@ -1,43 +1,35 @@
 """Study specs: TOML files that say what to tune, how to judge it and how long to search.
 
 A spec is data, never code: it is parsed with ``tomllib`` and validated with pydantic, and any
-mistake is one :class:`ConfigError` line naming the file, the field and the fix.
+mistake is one :class:`ConfigError` line naming the file, the field and the fix. Its ``[run]``
+table is a :class:`~oialr.run_config.RunConfig` (OIALR's options under ``[run.oialr]``); what
+``[search]`` may tune, with which type and unit, is derived from those models
+(:data:`oialr.options.SEARCHABLE`), and every end of every range is checked against them.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import OIALRConfig
-from .errors import ConfigError, describe_validation_error
-from .train import RunConfig
+from .config import StepUnit
+from .errors import ConfigError, validation_error
+from .options import SEARCHABLE, Option, nest
+from .run_config import RunConfig
+from .vocab import FIXED_RANK, OIALR, TrialAttr
 
-__all__ = ["StudySpec", "SearchParam", "load_spec", "parse_spec", "SEARCHABLE"]
+__all__ = ["StudySpec", "SearchParam", "load_spec", "parse_spec", "apply_overrides"]
 
-# What a study may tune: RunConfig fields and OIALR options (the latter go to `oialr_options`).
-RUN_PARAMS = {
-    "delay", "update_freq", "sigma_cutoff", "lr", "weight_decay", "label_smoothing",
-    "warmup_steps", "momentum", "batch_size", "rank_fraction", "grad_clip",
-}  # fmt: skip
-OIALR_PARAMS = {
-    "max_cut_per_update", "min_rank", "switch", "stability_threshold", "stability_every",
-    "optimizer_state", "rollout_fraction", "cooldown_updates", "keep_first", "keep_last",
-    "min_aspect",
-}  # fmt: skip
-SEARCHABLE = sorted(RUN_PARAMS | OIALR_PARAMS)
-# Parameters counted in optimizer steps may be given in epochs or as a fraction of the run.
-STEP_PARAMS = {"delay", "update_freq"}
-INT_PARAMS = {"warmup_steps", "batch_size", "stability_every", "cooldown_updates"}
 _strict = ConfigDict(extra="forbid")
 
 
 class SearchParam(BaseModel):
     """One tuned hyperparameter: a range (``low``/``high``, optional ``log`` or ``step``) or a
-    list of ``choices``. ``unit`` applies to ``delay`` and ``update_freq``."""
+    list of ``choices``. ``unit`` applies to durations (``delay``, ``update_freq``)."""
 
     model_config = _strict
 
@@ -46,7 +38,7 @@ class SearchParam(BaseModel):
     log: bool = False
     step: float | None = Field(None, gt=0)
     choices: list[Any] | None = Field(None, min_length=1)
-    unit: Literal["steps", "epochs", "fraction"] | None = None
+    unit: StepUnit | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SearchParam:
@@ -63,6 +55,18 @@ class SearchParam(BaseModel):
         if self.log and self.step is not None:
             raise ValueError("log and step cannot be combined (Optuna forbids it)")
         return self
+
+    def points(self) -> list[tuple[str, Any]]:
+        """Where the space is checked: ``(field, value)`` for every choice or both ends."""
+        if self.choices is not None:
+            return [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
+        return [("low", self.low), ("high", self.high)]
+
+    def is_integer(self, option: Option) -> bool:
+        """Sampled as integers: counts, and durations given in whole steps."""
+        return option.kind == "int" or (
+            self.unit == "steps" and self.step is None and float(self.low).is_integer()
+        )
 
 
 class Objective(BaseModel):
@@ -87,8 +91,10 @@ class Objective(BaseModel):
     @property
     def names(self) -> list[str]:
         if self.kind == "accuracy":
-            return ["val_acc"]
-        return ["val_acc", "trainable_fraction"] + ([self.third] if self.third else [])
+            return [TrialAttr.VAL_ACC]
+        return [TrialAttr.VAL_ACC, TrialAttr.TRAINABLE_FRACTION] + (
+            [self.third] if self.third else []
+        )
 
     @property
     def directions(self) -> list[str]:
@@ -122,7 +128,7 @@ class Baselines(BaseModel):
     dense: bool = True
     fixed_rank: list[float] = Field(default_factory=list, description="fractions of full rank")
     delay: float | None = Field(None, ge=0)
-    delay_unit: Literal["steps", "epochs", "fraction"] | None = None
+    delay_unit: StepUnit | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Baselines:
@@ -155,78 +161,77 @@ class StudySpec(BaseModel):
                 "delay_unit": self.baselines.delay_unit or "steps",
             }
         if "delay" in self.search and self.search["delay"].low is not None:
-            return {
-                "delay": self.search["delay"].low,
-                "delay_unit": self.search["delay"].unit or "steps",
-            }
+            param = self.search["delay"]
+            return {"delay": param.low, "delay_unit": param.unit or "steps"}
         return {}
 
-    def run_config(
-        self, params: dict[str, Any], mode: str, seed_offset: int = 0, **extra: Any
-    ) -> RunConfig:
-        """The RunConfig of one trial: the spec's ``run`` table, then the trial's parameters."""
-        if mode == "fixed-rank":
-            extra = {**self.baseline_delay(), **extra}
-        values = {**self.run, **extra, "mode": mode}
-        options = dict(values.pop("oialr_options", {}))
-        for name, value in params.items():
-            if name in OIALR_PARAMS:
-                options[name] = value
-            else:
-                values[name] = value
-                if name in STEP_PARAMS and self.search[name].unit:
-                    values[f"{name}_unit"] = self.search[name].unit
-        values["oialr_options"] = options
+    def run_values(
+        self,
+        params: dict[str, Any],
+        mode: str,
+        seed_offset: int = 0,
+        fixed_rank: float | None = None,
+    ) -> dict[str, Any]:
+        """The RunConfig values of one trial: the spec's ``run`` table, then its parameters."""
+        values = copy.deepcopy(self.run)
+        flat = dict(params)
+        for name in params:
+            unit = self.search[name].unit if name in self.search else None
+            if unit:  # the search's unit, unless the caller gave one
+                flat.setdefault(f"{name}_unit", unit)
+        if mode == FIXED_RANK:
+            flat |= {**self.baseline_delay(), "fixed_rank": fixed_rank}
+        for key, value in nest(flat).items():
+            values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+        values["mode"] = mode
         values["seed"] = values.get("seed", 0) + seed_offset
-        return RunConfig.build(**values)
+        return values
+
+    def run_config(self, params: dict[str, Any], mode: str, seed_offset: int = 0, **extra):
+        """The validated RunConfig of one trial (see :meth:`run_values`)."""
+        return RunConfig.build(**self.run_values(params, mode, seed_offset, **extra))
 
 
 def _check_semantics(spec: StudySpec) -> None:
-    """Cross-field checks pydantic cannot express; raise ValueError(field, message)."""
-    for key in ("mode", "name", "storage"):
+    """What pydantic cannot express; raises ConfigError naming the field."""
+    for key in ("mode", "name"):
         if key in spec.run:
-            raise _FieldError(f"run.{key}", "is set by the study itself; remove it")
-    try:  # RunConfig knows the models and datasets: one check for specs and `oialr train`
+            raise ConfigError("is set by the study itself; remove it", field=f"run.{key}")
+    try:
         RunConfig.build(**spec.run)
     except ConfigError as err:
-        field, _, message = str(err).replace("run option ", "").partition(": ")
-        raise _FieldError(f"run.{field.strip('`')}", message) from None
+        raise ConfigError(str(err).split(": ", 1)[-1], field=f"run.{err.field}") from None
     for name, param in spec.search.items():
-        where = f"search.{name}"
-        if name not in RUN_PARAMS | OIALR_PARAMS:
-            raise _FieldError(where, f"cannot be tuned; tunable: {', '.join(SEARCHABLE)}")
-        if param.unit and name not in STEP_PARAMS:
-            raise _FieldError(f"{where}.unit", "only delay and update_freq take a unit")
-        if param.unit == "fraction" and param.high is not None and param.high > 1:
-            raise _FieldError(f"{where}.high", "a fraction of the run must be at most 1")
-        if name in OIALR_PARAMS and param.choices is None:
-            _check_range(where, name, param)
+        _check_param(spec, name, param)
     if spec.pruner.name != "none" and spec.objective.kind != "accuracy":
-        raise _FieldError(
-            "pruner.name", "pruning needs objective.kind = 'accuracy' (Optuna cannot prune "
-            "multi-objective studies); set pruner.name = 'none'",
-        )  # fmt: skip
+        raise ConfigError(
+            "pruning needs objective.kind = 'accuracy' (Optuna cannot prune multi-objective "
+            "studies); set pruner.name = 'none'",
+            field="pruner.name",
+        )
     if spec.objective.max_trainable_fraction is not None and spec.sampler.name == "random":
-        raise _FieldError(
-            "sampler.name", "max_trainable_fraction needs a sampler that honours constraints "
-            "(tpe, nsga2 or gp), not random",
-        )  # fmt: skip
+        raise ConfigError(
+            "max_trainable_fraction needs a sampler that honours constraints (tpe, nsga2 or gp), "
+            "not random",
+            field="sampler.name",
+        )
 
 
-def _check_range(where: str, name: str, param: SearchParam) -> None:
-    """An OIALR option's range must lie inside what OIALRConfig accepts."""
-    for end in ("low", "high"):
-        value = getattr(param, end)
-        value = int(value) if name in INT_PARAMS else value
+def _check_param(spec: StudySpec, name: str, param: SearchParam) -> None:
+    where = f"search.{name}"
+    option = SEARCHABLE.get(name)
+    if option is None:
+        raise ConfigError(f"cannot be tuned; tunable: {', '.join(sorted(SEARCHABLE))}", field=where)
+    if param.unit and not option.unit:
+        durations = ", ".join(n for n, o in SEARCHABLE.items() if o.unit)
+        raise ConfigError(f"only durations ({durations}) take a unit", field=f"{where}.unit")
+    if option.kind == "bool" and param.choices is None:
+        raise ConfigError("a switch is tuned with choices = [false, true]", field=where)
+    for end, value in param.points():  # ranges are intervals: their ends stand for them
         try:
-            OIALRConfig.build(**{name: value})
+            RunConfig.build(**spec.run_values({name: value}, OIALR))
         except ConfigError as err:
-            raise _FieldError(f"{where}.{end}", str(err).split(": ", 1)[-1]) from None
-
-
-class _FieldError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"`{field}`: {message}")
+            raise ConfigError(str(err).split(": ", 1)[-1], field=f"{where}.{end}") from None
 
 
 def parse_spec(data: dict[str, Any], source: str = "spec") -> StudySpec:
@@ -235,9 +240,9 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> StudySpec:
         spec = StudySpec(**data)
         _check_semantics(spec)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, prefix=f"{source}: ")) from None
-    except _FieldError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise validation_error(err, what=f"{source}: ") from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: `{err.field}`: {err}", field=err.field) from None
     return spec
 
 

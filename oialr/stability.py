@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .errors import TrainingDiverged
+
 __all__ = [
     "polar_factor",
     "basis_stability",
@@ -75,7 +77,9 @@ def truncation_rank(
     if current == 0:
         raise ValueError("truncation_rank needs at least one singular value")
     if not bool(torch.isfinite(s).all()):
-        raise ValueError("singular values are not finite: the mixing matrix holds NaN or Inf")
+        raise TrainingDiverged(
+            "the mixing matrix Σ holds NaN or Inf: training diverged; lower the learning rate"
+        )
     keep = max(1, int((s >= cutoff * s[0]).sum()))
     if keep >= current:
         return current, "none"

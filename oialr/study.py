@@ -31,38 +31,26 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import ConfigError, StorageError
+from .errors import ConfigError, Interrupted, RunPruned, StorageError
+from .metrics_store import MetricsStore
+from .options import SEARCHABLE, train_command
 from .recorders import StoreRecorder
-from .spec import INT_PARAMS, StudySpec
-from .store import MetricsStore, mask_url
-from .train import RunConfig, RunResult, fit, train_command
+from .run_config import RunConfig, RunResult
+from .spec import StudySpec
+from .vocab import DENSE, FIXED_RANK, OBJECTIVES_ATTR, OIALR, SPEC_ATTR, TrialAttr, mask_url
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_STORAGE",
-    "resolve_storage",
     "open_storage",
     "create_study",
     "load_study",
     "run_worker",
     "run_workers",
-    "Interrupted",
 ]
 
-DEFAULT_STORAGE = "sqlite:///oialr.db"
-SPEC_ATTR, OBJECTIVES_ATTR = "oialr.spec", "oialr.objectives"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _RECONNECTS = 6  # tries to get back to a lost storage between trials (1 + 2 + … + 32 s)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; Optuna records the running trial as FAIL and re-raises."""
-
-
-def resolve_storage(url: str | None) -> str:
-    """``--storage``, else ``$OIALR_STORAGE``, else ``sqlite:///oialr.db``."""
-    return url or os.environ.get("OIALR_STORAGE") or DEFAULT_STORAGE
 
 
 def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
@@ -134,7 +122,7 @@ def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
 
 def _constraints(trial: FrozenTrial) -> list[float]:
     """Feasible when ``trainable_fraction - max_trainable_fraction <= 0``."""
-    return [trial.user_attrs.get("constraint", 0.0)]
+    return [trial.user_attrs.get(TrialAttr.CONSTRAINT, 0.0)]
 
 
 def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -167,9 +155,9 @@ def create_study(spec: StudySpec, storage: RDBStorage, name: str | None = None) 
         study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
         study.set_user_attr(OBJECTIVES_ATTR, spec.objective.names)
         if spec.baselines.dense:
-            study.enqueue_trial({}, user_attrs={"mode": "dense"})
+            study.enqueue_trial({}, user_attrs={TrialAttr.MODE: DENSE})
         for fraction in spec.baselines.fixed_rank:
-            attrs = {"mode": "fixed-rank", "rank_fraction": fraction}
+            attrs = {TrialAttr.MODE: FIXED_RANK, TrialAttr.RANK_FRACTION: fraction}
             study.enqueue_trial({}, user_attrs=attrs)
     return study
 
@@ -198,7 +186,7 @@ class _TrialRecorder(StoreRecorder):
         if self.prune and math.isfinite(metrics["val_acc"]):
             self.trial.report(metrics["val_acc"], metrics["epoch"])
             if metrics["epoch"] < self.epochs and self.trial.should_prune():  # never a finished run
-                raise optuna.TrialPruned(f"pruned at epoch {metrics['epoch']}")
+                raise RunPruned(f"pruned at epoch {metrics['epoch']}")
 
 
 def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
@@ -206,9 +194,7 @@ def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     for name, p in spec.search.items():
         if p.choices is not None:
             params[name] = trial.suggest_categorical(name, p.choices)
-        elif name in INT_PARAMS or (
-            p.unit == "steps" and p.step is None and float(p.low).is_integer()
-        ):
+        elif p.is_integer(SEARCHABLE[name]):
             params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log,
                                              step=int(p.step or 1))  # fmt: skip
         else:
@@ -231,25 +217,27 @@ class Objective:
         return self._run(trial)
 
     def _run(self, trial: optuna.Trial) -> float | list[float]:
-        mode = trial.user_attrs.get("mode", "oialr")
-        params = _suggest(trial, self.spec) if mode == "oialr" else {}
-        extra = {"rank_fraction": trial.user_attrs["rank_fraction"]} if mode == "fixed-rank" else {}
-        trial.set_user_attr("mode", mode)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        from .train import fit  # the training code (torch) loads only where trials run
+
+        mode = trial.user_attrs.get(TrialAttr.MODE, OIALR)
+        params = _suggest(trial, self.spec) if mode == OIALR else {}
+        rank = trial.user_attrs.get(TrialAttr.RANK_FRACTION)
+        trial.set_user_attr(TrialAttr.MODE, mode)
+        trial.set_user_attr(TrialAttr.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         results: list[RunResult] = []
         try:
             with MetricsStore(self.url) as store:
                 for seed in range(self.spec.seeds):
-                    cfg = self.spec.run_config(params, mode, seed, **extra)
+                    cfg = self.spec.run_config(params, mode, seed, fixed_rank=rank)
                     if seed == 0:
-                        trial.set_user_attr("command", train_command(cfg))
+                        trial.set_user_attr(TrialAttr.COMMAND, train_command(cfg))
                     prune = self.spec.objective.kind == "accuracy" and seed == 0
                     results.append(fit(cfg, _TrialRecorder(store, trial, prune, cfg.epochs)))
-        except optuna.TrialPruned:
-            raise
+        except RunPruned as err:
+            raise optuna.TrialPruned(str(err)) from None
         except BaseException as err:
             reason = f"{type(err).__name__}: {err}".split("\n")[0][:500]
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
             raise
         return self._report(trial, results)
 
@@ -258,18 +246,18 @@ class Objective:
             return statistics.fmean(getattr(r, key) for r in results)
 
         attrs = {
-            "run_id": results[0].run_id,
-            "val_acc": mean("final_val_acc"),
-            "test_acc": mean("test_acc"),
-            "trainable_fraction": mean("trainable_fraction"),
-            "stored_fraction": mean("stored_fraction"),
-            "wall_time": mean("wall_time"),
+            TrialAttr.RUN_ID: results[0].run_id,
+            TrialAttr.VAL_ACC: mean("final_val_acc"),
+            TrialAttr.TEST_ACC: mean("test_acc"),
+            TrialAttr.TRAINABLE_FRACTION: mean("trainable_fraction"),
+            TrialAttr.STORED_FRACTION: mean("stored_fraction"),
+            TrialAttr.WALL_TIME: mean("wall_time"),
         }
         if len(results) > 1:
-            attrs["val_acc_std"] = statistics.stdev(r.final_val_acc for r in results)
+            attrs[TrialAttr.VAL_ACC_STD] = statistics.stdev(r.final_val_acc for r in results)
         cap = self.spec.objective.max_trainable_fraction
         if cap is not None:
-            attrs["constraint"] = attrs["trainable_fraction"] - cap
+            attrs[TrialAttr.CONSTRAINT] = attrs[TrialAttr.TRAINABLE_FRACTION] - cap
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         values = [attrs[name] for name in self.spec.objective.names]
@@ -277,10 +265,6 @@ class Objective:
 
 
 # -- workers -------------------------------------------------------------------------------------
-def _raise_interrupted(signum, _frame):
-    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
-
-
 class _Interrupts:
     """SIGINT/SIGTERM while a worker runs: inside a trial, raise at once (Optuna records the
     trial FAIL with the reason); between trials, let Optuna finish its bookkeeping, stop the
@@ -366,7 +350,7 @@ def run_worker(
 
 def _log_failure(study: optuna.Study, trial: FrozenTrial) -> None:
     if trial.state == TrialState.FAIL:
-        reason = trial.user_attrs.get("fail_reason", "see --verbose")
+        reason = trial.user_attrs.get(TrialAttr.FAIL_REASON, "see --verbose")
         _logger.warning("trial %d failed: %s", trial.number, reason)
 
 
@@ -421,6 +405,6 @@ def progress_counts(study: optuna.Study) -> dict[str, Any]:
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     counts["best_val_acc"] = max(
-        (t.user_attrs.get("val_acc", math.nan) for t in done), default=None
+        (t.user_attrs.get(TrialAttr.VAL_ACC, math.nan) for t in done), default=None
     )
     return counts

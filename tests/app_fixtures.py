@@ -1,158 +1,107 @@
-"""A tiny real study database for the dashboard's tests.
+"""Real study databases for the dashboard's tests.
 
-``build_study_db`` runs a real (tiny) Optuna study whose trials train real models through
-``oialr.train.fit`` into the metrics store, following the conventions of ``oialr study run``:
-study user attrs ``oialr.spec`` / ``oialr.objectives``, trial user attrs ``mode``, ``run_id``,
-``val_acc``, ... and runs linked to trials by ``study_name`` + ``trial_number``.
-
-Later this may call the real ``oialr study run``; keep the signature.
+``build_study_db`` runs the real ``oialr study run`` on a tiny spec: its trials train real models
+into the metrics store. Then a worker is stopped by SIGTERM half-way through a trial (the trial
+FAILs with the reason, its run is marked failed) and another is killed outright (its trial stays
+RUNNING, its run "running"), as happens to live workers. The other builders set up states a
+study reaches without training (only failures, a single objective, empty storages).
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# `import app` must work however pytest is started (`python -m pytest` adds the cwd to sys.path,
-# the `pytest` script does not).
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import sqlalchemy as sa
+from helpers import env_with_repo
 
 OBJECTIVES = ["val_acc", "trainable_fraction"]
-_TRAIN = {"dataset": "synthetic", "model": "mlp", "epochs": 2, "batch_size": 64, "log_every": 2}
-
-
-class _Crash(RuntimeError):
-    """Raised by a recorder to stop a run half-way, as a killed or crashing worker would."""
-
-
-def _command(mode: str, params: dict[str, Any]) -> str:
-    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {**_TRAIN, **params}.items())
-    return f"oialr train --mode {mode} {opts} --device cpu"
+SPEC = """
+name = "{name}"
+[run]
+model = "mlp"
+model_options = {{ widths = [64, 64] }}
+dataset = "synthetic"
+epochs = 3
+batch_size = 64
+log_every = 2
+device = "cpu"
+[search.delay]
+low = 6
+high = 24
+unit = "steps"
+[search.update_freq]
+low = 3
+high = 10
+unit = "steps"
+[search.sigma_cutoff]
+low = 0.05
+high = 0.5
+log = true
+[sampler]
+name = "random"
+seed = 0
+[budget]
+n_trials = {n_trials}
+[baselines]
+dense = true
+"""
 
 
 def build_study_db(url: str, *, n_trials: int = 4, name: str = "tiny") -> None:
-    """Runs a tiny real two-objective study into ``url`` (Optuna tables + ``oialr_*`` tables).
+    """Trial 0 is the dense baseline, trials 1..n_trials-1 OIALR with sampled ``delay``,
+    ``update_freq`` and ``sigma_cutoff``, all COMPLETE; then one trial FAILs half-way (SIGTERM)
+    and one stays RUNNING with an epoch written (SIGKILL), each from a real worker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / f"{name}.toml"
+        spec.write_text(SPEC.format(name=name, n_trials=n_trials))
+        done = _worker(spec, url, n_trials).wait(timeout=600)
+        assert done == 0, f"the tiny study failed (exit {done})"
+        for extra, sig in ((1, signal.SIGTERM), (2, signal.SIGKILL)):
+            worker = _worker(spec, url, n_trials + extra)
+            _wait_for_an_epoch(url, name, trial_number=n_trials + extra - 1, worker=worker)
+            worker.send_signal(sig)
+            worker.wait(timeout=120)
 
-    Trial 0 is the dense baseline, trials 1..n_trials-1 are OIALR with sampled ``delay``,
-    ``update_freq`` and ``sigma_cutoff``, all COMPLETE. Then one OIALR trial FAILs half-way
-    (run ``failed``, ``fail_reason`` set) and one stays RUNNING with one epoch written (its
-    run still ``running``), as a live worker's would be.
-    """
-    import optuna
-    import torch
 
-    from oialr.recorders import StoreRecorder
-    from oialr.store import MetricsStore
-    from oialr.train import RunConfig, fit
+def _worker(spec: Path, url: str, n_trials: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "oialr", "study", "run", str(spec), "--storage", url,
+           "--n-trials", str(n_trials), "--quiet", "--heartbeat", "3600"]  # fmt: skip
+    return subprocess.Popen(
+        cmd, env=env_with_repo(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    threads = torch.get_num_threads()
-    # Two cores shared with other work: one thread avoids oversubscription and is faster here.
-    torch.set_num_threads(1)
-    store = MetricsStore(url)
-    study = optuna.create_study(
-        storage=url,
-        study_name=name,
-        directions=["maximize", "minimize"],
-        sampler=optuna.samplers.RandomSampler(seed=0),
+
+def _wait_for_an_epoch(url: str, study: str, trial_number: int, worker: subprocess.Popen) -> None:
+    """Until the trial's run has written an epoch (then the signal lands mid-trial)."""
+    engine = sa.create_engine(url)
+    query = sa.text(
+        "SELECT COUNT(*) FROM oialr_epochs e JOIN oialr_runs r ON r.id = e.run_id "
+        "WHERE r.study_name = :s AND r.trial_number = :n"
     )
-    study.set_user_attr(
-        "oialr.spec",
-        {"name": name, **_TRAIN, "space": {"delay": [6, 24], "update_freq": [3, 10]}},
-    )
-    study.set_user_attr("oialr.objectives", OBJECTIVES)
-
-    def run_trial(mode: str, *, crash_after_epoch: bool = False, leave_running: bool = False):
-        trial = study.ask()
-        params: dict[str, Any] = {}
-        if mode == "oialr":
-            params = {
-                "delay": trial.suggest_int("delay", 6, 24),
-                "update_freq": trial.suggest_int("update_freq", 3, 10),
-                "sigma_cutoff": trial.suggest_float("sigma_cutoff", 0.05, 0.5, log=True),
-            }
-        recorder = StoreRecorder(
-            store, study_name=name, trial_number=trial.number, trial_id=trial._trial_id
-        )
-        if crash_after_epoch or leave_running:
-            recorder = _Interrupting(recorder, keep_running=leave_running)
-        cfg = RunConfig.build(**_TRAIN, mode=mode, device="cpu", seed=trial.number, **params)
-        trial.set_user_attr("mode", mode)
-        trial.set_user_attr("command", _command(mode, params))
-        try:
-            result = fit(cfg, recorder)
-        except _Crash as err:
-            store.flush()
-            trial.set_user_attr("run_id", recorder.run_id)
-            if leave_running:
-                return  # never told: the trial stays RUNNING
-            trial.set_user_attr("fail_reason", f"RuntimeError: {err}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return
-        attrs = {
-            "run_id": result.run_id,
-            "val_acc": result.final_val_acc,  # as `oialr study run` reports it
-            "test_acc": result.test_acc,
-            "trainable_fraction": result.trainable_fraction,
-            "stored_fraction": result.stored_fraction,
-            "wall_time": round(result.wall_time, 3),
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        study.tell(trial, [result.final_val_acc, result.trainable_fraction])
-
+    deadline = time.monotonic() + 300
     try:
-        run_trial("dense")
-        for _ in range(n_trials - 1):
-            run_trial("oialr")
-        run_trial("oialr", crash_after_epoch=True)
-        run_trial("oialr", leave_running=True)
+        while time.monotonic() < deadline and worker.poll() is None:
+            with engine.connect() as conn:
+                if conn.execute(query, {"s": study, "n": trial_number}).scalar():
+                    return
+            time.sleep(0.05)
     finally:
-        store.close()
-        torch.set_num_threads(threads)
-
-
-class _Interrupting:
-    """Wraps a recorder and stops the run after its first epoch.
-
-    With ``keep_running`` the run is left ``running`` in the store (its worker is "still
-    training"); otherwise it is marked failed, as ``fit`` does for any exception.
-    """
-
-    def __init__(self, inner: Any, *, keep_running: bool) -> None:
-        self.inner, self.keep_running = inner, keep_running
-
-    @property
-    def run_id(self) -> int | None:
-        return self.inner.run_id
-
-    def start(self, config: Any) -> None:
-        self.inner.start(config)
-
-    def step(self, *args: Any) -> None:
-        self.inner.step(*args)
-
-    def layers(self, records: Any) -> None:
-        self.inner.layers(records)
-
-    def epoch(self, metrics: dict[str, Any]) -> None:
-        self.inner.epoch(metrics)
-        raise _Crash("worker stopped after epoch 1 (simulated)")
-
-    def finish(self, status: str, result: Any, error: str | None) -> None:
-        if not self.keep_running:
-            self.inner.finish(status, result, error)
+        engine.dispose()
+    raise AssertionError(f"trial {trial_number} of {study} wrote no epoch (worker {worker.poll()})")
 
 
 def build_failed_only_db(url: str, *, name: str = "all-failed") -> None:
     """A study whose only trials FAILed before writing any metrics (e.g. a bad spec)."""
     import optuna
 
-    from oialr.store import MetricsStore
+    from oialr.metrics_store import MetricsStore
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     MetricsStore(url).close()
@@ -234,7 +183,7 @@ def shared_databases(base: Path) -> dict[str, str]:
             build_study_db(f"sqlite:///{study}")
             build_failed_only_db(f"sqlite:///{study}")
             build_single_objective_db(f"sqlite:///{study}")
-            from oialr.store import MetricsStore
+            from oialr.metrics_store import MetricsStore
 
             MetricsStore(f"sqlite:///{base / 'empty.db'}").close()
             import optuna

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from helpers import free_port
+
 BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -25,19 +27,13 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PostgresServer:
     """``with PostgresServer() as pg: pg.url`` — a fresh cluster with database ``oialr``."""
 
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="oialr-pg-"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/oialr"
 
     def _as_postgres(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ larger study.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import app_fixtures
 import pytest
+from helpers import REPO, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -44,12 +44,6 @@ PAGES = [
 README_SHOTS = os.environ.get("OIALR_SCREENSHOTS")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not README_SHOTS:
@@ -63,7 +57,7 @@ def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def server(study_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`streamlit run app/streamlit_app.py -- --storage URL` on a free port; killed at the end."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     env = {k: v for k, v in os.environ.items() if k != "OIALR_STORAGE"}
     command = [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py"]
@@ -71,9 +65,7 @@ def server(study_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     command += ["--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     command += ["--", "--storage", study_url]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=app_fixtures.REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -155,7 +147,7 @@ def test_page_draws_its_charts_without_errors(
     browser_page.screenshot(path=str(shots / f"{name}.png"))
     assert (shots / f"{name}.png").stat().st_size > 10_000
     if picture and README_SHOTS:
-        out = Path(app_fixtures.REPO, README_SHOTS)
+        out = Path(REPO, README_SHOTS)
         out.mkdir(parents=True, exist_ok=True)
         # Cropped to the content: the tall viewport leaves empty space below it.
         bottom = browser_page.evaluate(

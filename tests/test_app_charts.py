@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import app_fixtures  # noqa: F401  (puts the repository root on sys.path for `app`)
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go

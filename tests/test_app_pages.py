@@ -16,12 +16,15 @@ import app_fixtures
 import pytest
 import sqlalchemy as sa
 import streamlit as st
+from helpers import REPO
 from streamlit.testing.v1 import AppTest
 
-from app import queries
-from oialr.store import MetricsStore
+from app import optuna_reads, queries
+from oialr.metrics_reader import MetricsReader
+from oialr.metrics_store import MetricsStore
+from oialr.vocab import DEFAULT_STORAGE
 
-APP = str(app_fixtures.REPO / "app" / "streamlit_app.py")
+APP = str(REPO / "app" / "streamlit_app.py")
 PAGES = {
     "studies": "app_pages/studies.py",
     "live": "app_pages/live.py",
@@ -159,7 +162,8 @@ def test_trial_page_opens_the_trial_in_the_url(monkeypatch, dbs):
     at = run_page(monkeypatch, dbs["study"], "trial", trial="3")
     assert not at.exception
     assert at.title[0].value == "Trial 3 of tiny"
-    assert at.code[0].value.startswith("oialr train --mode oialr")
+    command = at.code[0].value  # what the worker recorded: it reproduces the trial
+    assert command.startswith("oialr train --model mlp") and "--mode oialr" in command
     layers = at.dataframe[1].value
     assert {"layer", "full_rank", "rank", "rank_fraction", "mean_stability"} <= set(layers)
     assert (layers["rank"] <= layers["full_rank"]).all()
@@ -207,7 +211,7 @@ def test_live_page_reads_only_new_rows(monkeypatch, dbs, tmp_path):
     assert not at.exception, at.exception
     assert at.toggle(key="auto").value  # a running trial auto-refreshes
     window = at.session_state["live"]
-    seen, before = window["after"]["oialr_steps"], len(window["frames"]["oialr_steps"])
+    seen, before = window["after"]["steps"], len(window["frames"]["steps"])
     run_id = window["run_id"]
 
     with MetricsStore(url) as store:
@@ -216,9 +220,9 @@ def test_live_page_reads_only_new_rows(monkeypatch, dbs, tmp_path):
     st.cache_data.clear()
     at.run()
     window = at.session_state["live"]
-    assert len(window["frames"]["oialr_steps"]) == before + 10
-    assert window["after"]["oialr_steps"] > seen
-    assert window["frames"]["oialr_steps"]["step"].iloc[-1] == 109
+    assert len(window["frames"]["steps"]) == before + 10
+    assert window["after"]["steps"] > seen
+    assert window["frames"]["steps"]["step"].iloc[-1] == 109
 
     at.selectbox(key="spectrum_layer").set_value("3").run()
     assert not at.exception
@@ -253,13 +257,13 @@ def test_storage_comes_from_argv_then_env_then_default():
     assert queries.storage_from_args(["--storage", "sqlite:///a.db"], env) == "sqlite:///a.db"
     assert queries.storage_from_args(["--storage=sqlite:///b.db"], {}) == "sqlite:///b.db"
     assert queries.storage_from_args(["-q", "tests"], env) == "sqlite:///env.db"
-    assert queries.storage_from_args([], {}) == queries.DEFAULT_STORAGE
+    assert queries.storage_from_args([], {}) == DEFAULT_STORAGE
 
 
 def test_study_trials_are_one_row_each(dbs):
     engine = queries.open_engine(dbs["study"])
-    studies = queries.list_studies(engine).set_index("study")
-    trials = queries.load_study_trials(engine, int(studies.loc["tiny", "study_id"]))
+    studies = optuna_reads.list_studies(engine).set_index("study")
+    trials = optuna_reads.load_study_trials(engine, int(studies.loc["tiny", "study_id"]))
     frame = trials.frame
     assert trials.objectives == ["val_acc", "trainable_fraction"]
     assert trials.directions == ["maximize", "minimize"]
@@ -269,43 +273,46 @@ def test_study_trials_are_one_row_each(dbs):
     assert frame["state"].tolist() == ["COMPLETE"] * 4 + ["FAIL", "RUNNING"]
     assert frame["mode"].iloc[0] == "dense" and frame["params_delay"].isna().iloc[0]
     assert frame["params_delay"].iloc[1:].between(6, 24).all()
-    assert frame.loc[4, "fail_reason"].startswith("RuntimeError")
+    assert frame.loc[4, "fail_reason"] == "Interrupted: stopped by SIGTERM"
     done = frame[frame["state"] == "COMPLETE"]
     assert studies.loc["tiny", "best_val_acc"] == pytest.approx(done["val_acc"].max())
-    importances = queries.param_importances(trials)
+    importances = optuna_reads.param_importances(trials)
     assert set(importances["objective"]) == {"val_acc", "trainable_fraction"}
     engine.dispose()
 
 
 def test_metrics_reads_are_incremental_and_bounded(dbs):
     engine = queries.open_engine(dbs["study"])
-    runs = queries.study_runs(engine, "tiny")
+    reader = MetricsReader(engine)
+    runs = reader.latest_runs("tiny", full=False)
     run_id = int(runs.loc[runs["trial_number"] == 3, "id"].iloc[0])
-    steps = queries.metrics(engine, "oialr_steps", run_id)
+    steps = reader.metrics("steps", run_id)
     assert steps["id"].is_monotonic_increasing and len(steps) > 10
-    newer = queries.metrics(engine, "oialr_steps", run_id, after_id=int(steps["id"].iloc[4]))
+    newer = reader.metrics("steps", run_id, int(steps["id"].iloc[4]))
     assert newer["id"].tolist() == steps["id"].iloc[5:].tolist()
-    tail = queries.metrics(engine, "oialr_steps", run_id, limit=3)
+    tail = reader.metrics("steps", run_id, limit=3)
     assert tail["id"].tolist() == steps["id"].iloc[-3:].tolist()
 
     window = None
     for after in (0, int(steps["id"].iloc[4])):
-        tick = queries.poll(engine, run_id, {"oialr_steps": after})
+        tick = queries.poll(reader, run_id, {"steps": after})
         window = queries.extend_window(window, run_id, tick)
-    assert window["after"]["oialr_steps"] == int(steps["id"].iloc[-1])
-    sigma = queries.sigma(engine, int(window["frames"]["oialr_layers"]["id"].iloc[-1]))
-    assert sigma["sigma"] == sorted(sigma["sigma"], reverse=True)
+    assert window["after"]["steps"] == int(steps["id"].iloc[-1])
+    assert "sigma" not in window["frames"]["layers"], "spectra are read one record at a time"
+    record = reader.layer_record(int(window["frames"]["layers"]["id"].iloc[-1]))
+    assert record["sigma"] == sorted(record["sigma"], reverse=True)
     engine.dispose()
 
 
 def test_live_window_keeps_only_the_newest_rows(monkeypatch, dbs):
-    monkeypatch.setitem(queries.LIVE_WINDOW, "oialr_steps", 5)
+    monkeypatch.setitem(queries.LIVE_WINDOW, "steps", 5)
     engine = queries.open_engine(dbs["study"])
-    run_id = int(queries.study_runs(engine, "tiny")["id"].iloc[1])
-    window = queries.extend_window(None, run_id, queries.poll(engine, run_id, {}))
-    assert len(window["frames"]["oialr_steps"]) == 5
-    steps = queries.metrics(engine, "oialr_steps", run_id)
-    assert window["frames"]["oialr_steps"]["id"].tolist() == steps["id"].iloc[-5:].tolist()
+    reader = MetricsReader(engine)
+    run_id = int(reader.latest_runs("tiny")["id"].iloc[1])
+    window = queries.extend_window(None, run_id, queries.poll(reader, run_id, {}))
+    assert len(window["frames"]["steps"]) == 5
+    steps = reader.metrics("steps", run_id)
+    assert window["frames"]["steps"]["id"].tolist() == steps["id"].iloc[-5:].tolist()
     engine.dispose()
 
 

@@ -4,32 +4,15 @@ Smoke runs only (``--quick`` / a short ``--seconds``): exit codes, keys, zero lo
 timing assertions.
 """
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_benchmark as run_script
 
 from oialr.data import load_dataset
 from oialr.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def run_script(name: str, out: Path, *extra: str, timeout: int = 300) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / name), "--out", str(out), *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert out.is_file(), f"{name} did not write {out}"
-    return json.loads(out.read_text())
 
 
 def need_fashion_mnist() -> None:
@@ -86,7 +69,7 @@ def test_concurrency_short(tmp_path):
     assert len(data["workers"]) == 2
     for key in ("trial_states", "run_statuses", "rows_written", "trials_claimed_twice"):
         assert key in data["final"], key
-    assert data["final"]["rows_written"]["oialr_steps"] > 0
+    assert data["final"]["rows_written"]["steps"] > 0
 
 
 @pytest.mark.slow

@@ -3,31 +3,17 @@
 No timing assertions: only exit codes, keys and that measured times are positive.
 """
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
 from oialr.data import load_dataset
 from oialr.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
-
 
 def run_script(name: str, out: Path, *extra: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / name), "--quick", "--out", str(out), *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert out.is_file(), f"{name} did not write {out}"
-    return json.loads(out.read_text())
+    return run_benchmark(name, out, "--quick", *extra)
 
 
 @pytest.mark.slow

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from oialr import data
-from oialr.data import (
-    DATASETS,
-    Dataset,
-    load_dataset,
-    random_crop,
-    read_idx,
-    split_indices,
-)
+from oialr import data, sources
+from oialr.data import Dataset, load_dataset, random_crop, split_indices
 from oialr.errors import ConfigError, DataError
+from oialr.run_config import DATASETS
+from oialr.sources import read_idx
 
 N_TRAIN, N_TEST = 60, 20
 MEAN, STD = data.NORMALISATION["fashion-mnist"][0][0], data.NORMALISATION["fashion-mnist"][1][0]
@@ -71,7 +66,7 @@ def indices(x: torch.Tensor) -> list[int]:
 
 @pytest.fixture
 def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 @pytest.fixture
@@ -307,7 +302,7 @@ def test_to_moves_every_tensor() -> None:
 
 
 @pytest.mark.skipif(
-    not data.DEBIAN_FASHION_MNIST.is_dir(),
+    not sources.DEBIAN_FASHION_MNIST.is_dir(),
     reason="Debian's Fashion-MNIST (apt-get install dataset-fashion-mnist) is not installed",
 )
 def test_debian_fashion_mnist(tmp_path: Path) -> None:

@@ -4,22 +4,19 @@ Each test starts real processes (the `oialr` CLI) against real storage (SQLite, 
 server started on 127.0.0.1) and checks that nothing is lost and nothing is left RUNNING.
 """
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers import cli_process as start
+from helpers import read
 from optuna.trial import TrialState
 
-from oialr.store import MetricsStore
+from oialr.metrics_store import MetricsStore
 
-ROOT = Path(__file__).parent.parent
 TINY = (Path(__file__).parent / "specs" / "tiny.toml").read_text()
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.slow
 
 
@@ -32,11 +29,6 @@ def spec_file(tmp_path, name, epochs=25, extra=""):
         + extra
     )
     return path
-
-
-def start(*args):
-    return subprocess.Popen([sys.executable, "-m", "oialr", *args], env=ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def storage_url(kind, request, tmp_path):
@@ -59,7 +51,7 @@ def wait_for_running_trial(url, name, pid=None, timeout=120):
         running = [t for t in trials_of(url, name) if t.state == TrialState.RUNNING]
         if pid is not None:
             running = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{pid}")]
-        started = set(MetricsStore(url).runs()["trial_id"])
+        started = set(read(MetricsStore(url)).runs()["trial_id"])
         for t in running:
             if t._trial_id in started:
                 return t
@@ -73,12 +65,15 @@ def assert_settled(url, name, n_complete):
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states, states
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) >= n_complete
-    runs = MetricsStore(url).runs(study_name=name)
+    runs = read(MetricsStore(url)).runs(study_name=name)
     assert (runs["status"] != "running").all()
     for t in complete:  # every finished trial's metrics are intact
         run = runs[runs["trial_id"] == t._trial_id].iloc[-1]
         assert run["status"] == "complete"
-        assert len(MetricsStore(url).epochs(int(run["id"]))) == run["config"]["epochs"]
+        assert (
+            len(read(MetricsStore(url)).metrics("epochs", int(run["id"])))
+            == run["config"]["epochs"]
+        )
     return trials
 
 
@@ -90,7 +85,7 @@ def test_killed_worker_trial_is_failed_retried_and_completed(kind, request, tmp_
     time.sleep(1.0)
     survivor = start("study", "run", str(spec), "--storage", url, "--heartbeat", "1", "--quiet")
     killed = wait_for_running_trial(url, name, pid=victim.pid)
-    os.kill(victim.pid, signal.SIGKILL)  # mid-trial: no chance to clean up
+    victim.send_signal(signal.SIGKILL)  # mid-trial: no chance to clean up
     victim.wait(timeout=30)
     _, err = survivor.communicate(timeout=400)
     assert survivor.returncode == 0, err[-3000:]
@@ -100,7 +95,7 @@ def test_killed_worker_trial_is_failed_retried_and_completed(kind, request, tmp_
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == killed.params
-    runs = MetricsStore(url).runs(study_name=name)
+    runs = read(MetricsStore(url)).runs(study_name=name)
     dead = runs[runs["trial_id"] == killed._trial_id]
     assert (dead["status"] == "failed").all() and "heartbeat" in dead["error"].iloc[0]
 
@@ -130,7 +125,9 @@ def test_signal_to_study_run_records_the_trial_and_rerun_continues(sig, tmp_path
     assert worker.returncode == 130 and "run the same command again" in err, err[-2000:]
     trial = next(t for t in trials_of(url, name) if t.number == stopped.number)
     assert trial.state == TrialState.FAIL and sig.name in trial.user_attrs["fail_reason"]
-    run = MetricsStore(url).runs(study_name=name).set_index("trial_number").loc[stopped.number]
+    run = (
+        read(MetricsStore(url)).runs(study_name=name).set_index("trial_number").loc[stopped.number]
+    )
     assert run["status"] == "failed" and sig.name in run["error"]
     again = start("study", "run", str(spec), "--storage", url, "--quiet", "--n-trials", "3")
     _, err = again.communicate(timeout=400)
@@ -152,7 +149,7 @@ def test_signal_to_train_keeps_the_checkpoint_and_resume_finishes(sig, tmp_path)
     run.send_signal(sig)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err[-2000:]
-    first = MetricsStore(url).runs().iloc[0]
+    first = read(MetricsStore(url)).runs().iloc[0]
     assert first["status"] == "failed" and sig.name in first["error"]
     resumed = start(*args, "--resume", "--json")
     out, err = resumed.communicate(timeout=300)
@@ -161,7 +158,8 @@ def test_signal_to_train_keeps_the_checkpoint_and_resume_finishes(sig, tmp_path)
 
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
-    extra = "\n[search.min_rank]\nchoices = [2.5, 1]\n"  # 2.5 is not a whole number of values
+    # valid options, so the spec passes: but at lr 1e9 training diverges, which only a run shows
+    extra = "\n[search.lr]\nchoices = [1e9, 1e-3]\n"
     spec = spec_file(tmp_path, "failing", epochs=2, extra=extra)
     url = f"sqlite:///{tmp_path / 'f.db'}"
     worker = start("study", "run", str(spec), "--storage", url, "--quiet", "--n-trials", "6")
@@ -169,5 +167,6 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
     assert worker.returncode == 0, err[-2000:]
     trials = trials_of(url, "failing")
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert failed and all("min_rank" in t.user_attrs["fail_reason"] for t in failed)
+    assert failed and all("TrainingDiverged" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["lr"] == 1e9 for t in failed)
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6

@@ -154,7 +154,7 @@ def test_bad_options_name_the_option_and_range():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="`sigma_cutoff`.*less than 1"):
         oialr.OIALR(model, opt, sigma_cutoff=1.5)
-    with pytest.raises(ValueError, match="`update_freq`.*greater than or equal to 1"):
+    with pytest.raises(ValueError, match="`update_freq`.*greater than 0"):
         oialr.OIALR(model, opt, update_freq=0)
     with pytest.raises(ValueError, match="`max_cut_pr_update`.*unknown option.*max_cut_per_update"):
         oialr.OIALR(model, opt, max_cut_pr_update=0.5)

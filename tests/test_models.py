@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from oialr.errors import ConfigError
-from oialr.models import MODELS, build_model, model_names, model_options
+from oialr.models import MODELS, build_model, model_options
+from oialr.run_config import model_names
 
 
 def forward_backward(model: nn.Module, shape: tuple[int, ...], num_classes: int) -> None:

@@ -86,7 +86,7 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, message, tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY)
     if any("empty.db" in a for a in argv):
-        from oialr.store import MetricsStore
+        from oialr.metrics_store import MetricsStore
 
         MetricsStore(f"sqlite:///{tmp_path}/empty.db").close()
     argv = [a.format(tiny=tmp_path / "tiny.toml", tmp=tmp_path) for a in argv]

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oialr.errors import TrainingDiverged
 from oialr.stability import (
     basis_stability,
     dropped_mass,
@@ -54,7 +55,7 @@ def test_rank_rule_examples():
     assert truncation_rank(s, cutoff=0.9, max_cut=0.5) == (3, "cap")  # at most half cut
     assert truncation_rank(s, cutoff=0.1, min_rank=5) == (5, "floor")
     assert truncation_rank(torch.tensor([1.0]), cutoff=0.9) == (1, "none")
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(TrainingDiverged, match="NaN or Inf"):
         truncation_rank(torch.tensor([1.0, float("nan")]), cutoff=0.1)
 
 

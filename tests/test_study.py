@@ -1,25 +1,18 @@
 """Studies end to end through the real CLI: SQLite, PostgreSQL with workers, pruning."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers import cli as oialr
+from helpers import read
 from optuna.trial import TrialState
 
-from oialr.store import MetricsStore
+from oialr.metrics_store import MetricsStore
 
 ROOT = Path(__file__).parent.parent
 TINY = Path(__file__).parent / "specs" / "tiny.toml"
-
-
-def oialr(*args, timeout=600, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "oialr", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=kwargs.get("cwd", ROOT))  # fmt: skip
 
 
 def write_spec(tmp_path, text, name="spec.toml"):
@@ -43,11 +36,11 @@ def test_quickstart_study_on_sqlite(tmp_path):
     fixed = [t for t in trials if t.user_attrs["mode"] == "fixed-rank"]
     assert all(t.values[1] < 0.3 for t in fixed), "fixed-rank baselines really converted"
     assert study.best_trials
-    runs = MetricsStore(db).runs(study_name="quickstart")
+    runs = read(MetricsStore(db)).runs(study_name="quickstart")
     assert sorted(runs["trial_number"]) == [t.number for t in trials]
     for t in trials:
         run_id = t.user_attrs["run_id"]
-        assert not MetricsStore(db).epochs(run_id).empty
+        assert not read(MetricsStore(db)).metrics("epochs", run_id).empty
 
     show = oialr("study", "show", "quickstart", "--storage", db)
     assert show.returncode == 0 and "dense" in show.stdout and "★" in show.stdout
@@ -86,7 +79,7 @@ def test_single_objective_study_prunes(tmp_path):
     trials = optuna.load_study(study_name="pruned", storage=db).get_trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.state, t.params) for t in trials]
-    runs = MetricsStore(db).runs(study_name="pruned").set_index("trial_number")
+    runs = read(MetricsStore(db)).runs(study_name="pruned").set_index("trial_number")
     for t in pruned:
         assert runs.loc[t.number, "status"] == "pruned"
-        assert len(MetricsStore(db).epochs(int(runs.loc[t.number, "id"]))) < 6
+        assert len(read(MetricsStore(db)).metrics("epochs", int(runs.loc[t.number, "id"]))) < 6

@@ -9,18 +9,23 @@ import torch
 import oialr
 from oialr.cli import main
 from oialr.data import load_dataset
+from oialr.metrics_reader import MetricsReader
+from oialr.metrics_store import MetricsStore
 from oialr.models import build_model
+from oialr.options import train_command
 from oialr.recorders import Recorder, StoreRecorder
-from oialr.store import MetricsStore
-from oialr.train import RunConfig, fit, train_command
+from oialr.run_config import RunConfig
+from oialr.train import fit
 
 SMALL = dict(dataset="synthetic", epochs=3, batch_size=64, model_options={"widths": [64, 64]})
+OIALR_OPTIONS = dict(delay=20, update_freq=10, sigma_cutoff=0.2)
 
 
-def config(**overrides):
-    return RunConfig.build(
-        **{**SMALL, "delay": 20, "update_freq": 10, "sigma_cutoff": 0.2, **overrides}
-    )
+def config(oialr=None, **overrides):
+    options = {**OIALR_OPTIONS, **(oialr or {})}
+    if overrides.get("mode") == "fixed-rank":
+        options.setdefault("fixed_rank", 0.25)
+    return RunConfig.build(**{**SMALL, "oialr": options, **overrides})
 
 
 @pytest.fixture
@@ -29,18 +34,23 @@ def store(tmp_path):
         yield s
 
 
+@pytest.fixture
+def reader(store):
+    return MetricsReader(store.engine)
+
+
 @pytest.mark.parametrize("mode", ["dense", "oialr", "fixed-rank"])
-def test_fit_in_each_mode_records_the_run(mode, store):
+def test_fit_in_each_mode_records_the_run(mode, store, reader):
     result = fit(config(mode=mode), StoreRecorder(store))
     assert result.steps == 3 * (1843 // 64) and result.epochs == 3
     assert result.test_acc > 0.2, "well above chance (0.1) on the synthetic task"
-    run = store.run(result.run_id)
+    run = reader.run(result.run_id)
     assert run["status"] == "complete" and run["mode"] == mode
     assert run["result"]["test_acc"] == pytest.approx(result.test_acc)
-    epochs = store.epochs(result.run_id)
+    epochs = reader.metrics("epochs", result.run_id)
     assert list(epochs["epoch"]) == [1, 2, 3] and epochs["val_acc"].between(0, 1).all()
-    assert len(store.steps(result.run_id)) == result.steps // 10
-    layers = store.layers(result.run_id)
+    assert len(reader.metrics("steps", result.run_id)) == result.steps // 10
+    layers = reader.metrics("layers", result.run_id)
     if mode == "dense":
         assert result.trainable_fraction == 1.0 and layers.empty and result.conversion_step is None
     else:
@@ -48,20 +58,21 @@ def test_fit_in_each_mode_records_the_run(mode, store):
         assert result.trainable_fraction < 1.0
         assert set(layers["event"]) == ({"convert", "update"} if mode == "oialr" else {"convert"})
     if mode == "oialr":
-        assert not store.stability(result.run_id).empty  # warm-up stability was measured
+        assert not reader.metrics("stability", result.run_id).empty  # warm-up stability
 
 
 def test_delay_and_update_frequency_units():
     per_epoch = 1843 // 64
-    result = fit(config(delay=0.5, delay_unit="fraction", update_freq=1, update_freq_unit="epochs"))
+    units = dict(delay=0.5, delay_unit="fraction", update_freq=1, update_freq_unit="epochs")
+    result = fit(config(oialr=units))
     assert result.conversion_step == round(0.5 * 3 * per_epoch)
 
 
-def test_nan_loss_fails_cleanly_and_is_recorded(store):
+def test_nan_loss_fails_cleanly_and_is_recorded(store, reader):
     cfg = config(mode="dense", lr=1e12, optimizer="sgd", grad_clip=None, log_every=1)
     with pytest.raises(oialr.OIALRError, match=r"loss became nan at step \d+.*lower --lr"):
         fit(cfg, StoreRecorder(store))
-    run = store.runs().iloc[-1]
+    run = reader.runs().iloc[-1]
     assert run["status"] == "failed" and "loss became nan" in run["error"]
 
 
@@ -122,7 +133,7 @@ def test_every_model_converts_and_keeps_its_function(model, dataset_shape):
 
 def test_cli_train_prints_json_and_reproduces_from_its_command(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'cli.db'}"
-    cfg = config(epochs=2, sigma_cutoff=0.3, oialr_options={"min_rank": 3})
+    cfg = config(epochs=2, oialr={"sigma_cutoff": 0.3, "min_rank": 3})
     args = shlex.split(train_command(cfg))[2:] + [
         "--storage",
         db,
@@ -134,18 +145,22 @@ def test_cli_train_prints_json_and_reproduces_from_its_command(tmp_path, capsys)
     printed = json.loads(capsys.readouterr().out)
     direct = fit(cfg)
     assert printed["test_acc"] == direct.test_acc and printed["ranks"] == direct.ranks
-    assert MetricsStore(db).runs()["status"].tolist() == ["complete"]
+    with MetricsStore(db) as written:
+        assert MetricsReader(written.engine).runs()["status"].tolist() == ["complete"]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--epochs", "zero"], "`epochs`"),
-        (["--sigma-cutoff", "1.5"], "`sigma_cutoff`"),
+        (["--epochs", "zero"], "--epochs: Value error, must be a whole number, not str"),
+        (["--sigma-cutoff", "1.5"], "--sigma-cutoff: Input should be less than 1 (got 1.5)"),
         (["--model", "gpt9"], "gpt9"),
         (["--dataset", "imagenet21k"], "imagenet21k"),
-        (["--oialr-options", "nonsense"], "KEY=VALUE"),
-        (["--oialr-options", "max_cut=0.3"], "max_cut"),
+        (["--model-options", "nonsense"], "KEY=VALUE"),
+        (["--max-cut-per-update", "1.5"], "--max-cut-per-update: Input should be less than"),
+        (["--delay", "inf"], "--delay: Value error, must be finite"),
+        (["--epochs", "2.5"], "--epochs: Value error, must be a whole number"),
+        (["--mode", "fixed-rank"], "mode 'fixed-rank' needs oialr.fixed_rank"),
         (["--config", "/nonexistent/run.toml"], "no such file"),
         (["--storage", "notaurl"], "notaurl"),
     ],

@@ -30,8 +30,8 @@ def live_view() -> None:
     window = queries.extend_window(st.session_state.get("live"), run_id, tick)
     st.session_state["live"] = window
     run, frames = window["run"] or {}, window["frames"]
-    steps, epochs = frames["oialr_steps"], frames["oialr_epochs"]
-    layers, warmup = frames["oialr_layers"], frames["oialr_stability"]
+    steps, epochs = frames["steps"], frames["epochs"]
+    layers, warmup = frames["layers"], frames["stability"]
     st.caption(f"status **{run.get('status')}** · last write {run.get('updated_at')} UTC")
     if steps.empty and epochs.empty:
         st.info("This run has no metrics yet: the first rows arrive after its first logged steps.")
@@ -66,7 +66,7 @@ def spectrum_ui(layers) -> None:
     layer = st.selectbox("Layer", names, index=names.index(last.idxmin()), key="spectrum_layer")
     rows = layers[layers["layer"] == layer]
     step = st.select_slider("Update at step", rows["step"].tolist(), value=rows["step"].iloc[-1])
-    row = queries.sigma_row(url, int(rows.loc[rows["step"] == step, "id"].iloc[-1]))
+    row = queries.layer_record(url, int(rows.loc[rows["step"] == step, "id"].iloc[-1]))
     if row and row["sigma"]:
         title = f"Σ of layer {layer} at step {step} ({row['event']})"
         fig = charts.spectrum_figure(

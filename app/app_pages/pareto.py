@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import charts, queries
+from oialr.vocab import TrialAttr
 
 ctx = st.session_state["ctx"]
 url = ctx["url"]
@@ -13,9 +14,10 @@ done = frame[frame["state"] == "COMPLETE"]
 if done.empty:
     counts = frame["state"].value_counts().to_dict()
     st.info(f"No complete trial in `{ctx['study']}` yet ({counts or 'no trials'}).")
-    if "fail_reason" in frame and frame["fail_reason"].notna().any():
+    if TrialAttr.FAIL_REASON in frame and frame[TrialAttr.FAIL_REASON].notna().any():
         st.dataframe(
-            frame.loc[frame["fail_reason"].notna(), ["number", "fail_reason"]], hide_index=True
+            frame.loc[frame[TrialAttr.FAIL_REASON].notna(), ["number", TrialAttr.FAIL_REASON]],
+            hide_index=True,
         )
     st.stop()
 
@@ -52,11 +54,11 @@ for _, part, _ in layers:
 fig = charts.pareto_figure(
     layers,
     x=x,
-    y="val_acc",
+    y=TrialAttr.VAL_ACC,
     color=color,
     show_test=show_test,
     x_direction=trials.direction(x),
-    y_direction=trials.direction("val_acc"),
+    y_direction=trials.direction(TrialAttr.VAL_ACC),
 )
 
 
@@ -77,5 +79,5 @@ if all(p in done for p in space):
     with st.expander("3-D view: delay × update frequency × cutoff", expanded=True):
         logs = [trials.is_log(p.removeprefix(queries.PARAM_PREFIX)) for p in space]
         st.plotly_chart(
-            charts.space_figure(done, space, color="val_acc", log_axes=logs), key="space"
+            charts.space_figure(done, space, color=TrialAttr.VAL_ACC, log_axes=logs), key="space"
         )

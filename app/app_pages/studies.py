@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import charts, queries
+from oialr.vocab import TrialAttr
 
 ctx = st.session_state["ctx"]
 summary = queries.studies(ctx["url"])
@@ -46,5 +47,5 @@ with st.expander(f"Study `{ctx['study']}`: objectives and spec"):
     )
     st.write("Searched parameters:", ", ".join(trials.params) or "none")
     failed = trials.frame[trials.frame["state"] == "FAIL"]
-    if len(failed) and "fail_reason" in failed:
-        st.dataframe(failed[["number", "fail_reason"]], hide_index=True)
+    if len(failed) and TrialAttr.FAIL_REASON in failed:
+        st.dataframe(failed[["number", TrialAttr.FAIL_REASON]], hide_index=True)

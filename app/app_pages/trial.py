@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, queries
+from oialr.vocab import TrialAttr
 
 ctx = st.session_state["ctx"]
 url = ctx["url"]
@@ -12,12 +13,12 @@ frame = trials.frame.set_index("number", drop=False)
 if frame.empty:
     st.info(f"`{ctx['study']}` has no trials yet.")
     st.stop()
-names = {int(n): f"{n} · {r['mode']} · {r['state'].lower()}" for n, r in frame.iterrows()}
+names = {int(n): f"{n} · {r[TrialAttr.MODE]} · {r['state'].lower()}" for n, r in frame.iterrows()}
 numbers = list(names)
 # Without a trial in the URL, open the best complete searched one by the first objective.
 score = frame[trials.objectives[0]].where(frame["state"] == "COMPLETE")
-if score[~frame["mode"].isin(charts.BASELINE_SYMBOLS)].notna().any():
-    score = score[~frame["mode"].isin(charts.BASELINE_SYMBOLS)]
+if score[~frame[TrialAttr.MODE].isin(charts.BASELINE_SYMBOLS)].notna().any():
+    score = score[~frame[TrialAttr.MODE].isin(charts.BASELINE_SYMBOLS)]
 if score.isna().all():
     best = None
 else:
@@ -28,7 +29,7 @@ default = numbers.index(best) if best is not None else 0
 trial = st.selectbox("Trial", numbers, index=default, key="trial", bind="query-params")
 row = frame.loc[trial]
 st.title(f"Trial {trial} of {ctx['study']}")
-st.caption(f"{row['mode']} · {row['state'].lower()}")
+st.caption(f"{row[TrialAttr.MODE]} · {row['state'].lower()}")
 
 params = {
     p: row[queries.PARAM_PREFIX + p]
@@ -42,15 +43,15 @@ left.subheader("Parameters")
 if params:
     left.dataframe(pd.DataFrame({"value": params}), width="stretch")
 else:
-    left.caption(f"A {row['mode']} baseline: no searched parameters.")
+    left.caption(f"A {row[TrialAttr.MODE]} baseline: no searched parameters.")
 right.subheader("Results")
 cells = right.columns(3)
 for index, key in enumerate(results):
     cells[index % 3].metric(charts.label(key), f"{row[key]:.4g}")
 if row["state"] == "FAIL":
-    st.error(f"Failed: {row.get('fail_reason') or 'no reason recorded'}")
-if isinstance(row.get("command"), str):
-    st.code(row["command"], language="bash")
+    st.error(f"Failed: {row.get(TrialAttr.FAIL_REASON) or 'no reason recorded'}")
+if isinstance(row.get(TrialAttr.COMMAND), str):
+    st.code(row[TrialAttr.COMMAND], language="bash")
 
 run_ids = queries.trial_runs(trials, queries.runs(url, ctx["study"]))
 run_id = run_ids.get(trial)
@@ -67,7 +68,7 @@ else:
 st.subheader("Compare")
 others = [n for n in numbers if n != trial]
 compare = st.multiselect("Compare with trials", others, key="compare", bind="query-params")
-shown = ["state", "mode", *results, *(queries.PARAM_PREFIX + p for p in trials.params)]
+shown = ["state", TrialAttr.MODE, *results, *(queries.PARAM_PREFIX + p for p in trials.params)]
 side = frame.loc[[trial, *compare], [c for c in shown if c in frame]]
 st.dataframe(side.set_axis([names[n] for n in side.index]).T.astype(str), width="stretch")
 chosen = [n for n in [trial, *compare] if pd.notna(run_ids.get(n))]

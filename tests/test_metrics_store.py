@@ -17,11 +17,12 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from helpers import LAYER_RECORD, REPO, read
 
 from oialr.errors import ConfigError, StorageError
-from oialr.store import SCHEMA_VERSION, MetricsStore, make_engine, mask_url
-
-REPO = Path(__file__).resolve().parents[1]
+from oialr.metrics_schema import SCHEMA_VERSION, make_engine
+from oialr.metrics_store import MetricsStore
+from oialr.vocab import mask_url
 
 STEP_COLUMNS = ["id", "run_id", "step", "loss", "lr", "step_time"]
 
@@ -43,33 +44,13 @@ def new_run(store: MetricsStore, **overrides) -> int:
     return store.create_run(**kwargs)
 
 
-LAYER_RECORD = dict(
-    step=10,
-    layer="fc1",
-    event="convert",
-    rank_before=64,
-    rank_after=12,
-    n=64,
-    rank_fraction=12 / 64,
-    trainable=144,
-    stored=1680,
-    rule="cutoff",
-    dropped_mass=0.01,
-    offdiag_energy=0.2,
-    rotation=0.05,
-    stability=0.97,
-    cutoff=0.3,
-    sigma=[3.0, 2.5, 1.0],
-)
-
-
 # -- round trips -------------------------------------------------------------------------------
 
 
 def test_run_round_trip(store: MetricsStore) -> None:
     config = {"lr": 0.1, "nested": {"a": [1, 2]}}
     run_id = new_run(store, config=config, study_name="s", trial_number=3, trial_id=7)
-    run = store.run(run_id)
+    run = read(store).run(run_id)
     assert run["config"] == config
     assert (run["status"], run["study_name"], run["trial_number"], run["trial_id"]) == (
         "running",
@@ -83,14 +64,14 @@ def test_run_round_trip(store: MetricsStore) -> None:
 
     store.set_conversion_step(run_id, 120)
     store.finish_run(run_id, "complete", result={"val_acc": 0.91})
-    run = store.run(run_id)
+    run = read(store).run(run_id)
     assert run["conversion_step"] == 120
     assert run["status"] == "complete" and run["result"] == {"val_acc": 0.91}
     assert run["finished_at"] >= run["started_at"]
 
     failed = new_run(store)
     store.finish_run(failed, "failed", error="TrainingDiverged: loss is nan")
-    frame = store.runs()
+    frame = read(store).runs()
     assert list(frame["id"]) == [run_id, failed]
     assert frame.loc[1, "error"].startswith("TrainingDiverged")
     assert frame.loc[0, "config"] == config
@@ -119,13 +100,13 @@ def test_metrics_round_trip(store: MetricsStore) -> None:
     store.log_stability(run_id, 2, {"fc1": 0.99, "fc2": 0.95})
     store.flush()
 
-    steps = store.steps(run_id)
+    steps = read(store).metrics("steps", run_id)
     assert list(steps.columns) == STEP_COLUMNS
     assert steps[["step", "loss", "lr", "step_time"]].values.tolist() == [
         [0, 2.3, 0.1, 0.01],
         [1, 2.1, 0.1, 0.02],
     ]
-    epoch = store.epochs(run_id).iloc[0]
+    epoch = read(store).metrics("epochs", run_id).iloc[0]
     assert (epoch["epoch"], epoch["phase"], epoch["val_acc"], epoch["time"]) == (
         0,
         "warm-up",
@@ -133,23 +114,34 @@ def test_metrics_round_trip(store: MetricsStore) -> None:
         1.5,
     )
     assert epoch["mean_rank"] is None or math.isnan(epoch["mean_rank"])
-    layers = store.layers(run_id)
+    layers = read(store).metrics("layers", run_id)
     assert list(layers["layer"]) == ["fc1", "fc2"]
     first = layers.iloc[0]
     for key, value in LAYER_RECORD.items():
         assert first[key] == value, key
-    assert store.stability(run_id)[["step", "layer", "stability"]].values.tolist() == [
+    assert read(store).metrics("stability", run_id)[
+        ["step", "layer", "stability"]
+    ].values.tolist() == [
         [2, "fc1", 0.99],
         [2, "fc2", 0.95],
     ]
 
 
 def test_empty_frames_keep_columns(store: MetricsStore) -> None:
-    assert list(store.steps(999).columns) == STEP_COLUMNS
-    assert "sigma" in store.layers(999).columns and store.layers(999).empty
-    assert {"phase", "val_acc"} <= set(store.epochs(999).columns)
-    assert list(store.stability(999).columns) == ["id", "run_id", "step", "layer", "stability"]
-    runs = store.runs(study_name="nope")
+    assert list(read(store).metrics("steps", 999).columns) == STEP_COLUMNS
+    assert (
+        "sigma" in read(store).metrics("layers", 999).columns
+        and read(store).metrics("layers", 999).empty
+    )
+    assert {"phase", "val_acc"} <= set(read(store).metrics("epochs", 999).columns)
+    assert list(read(store).metrics("stability", 999).columns) == [
+        "id",
+        "run_id",
+        "step",
+        "layer",
+        "stability",
+    ]
+    runs = read(store).runs(study_name="nope")
     assert runs.empty and {"config", "status", "started_at"} <= set(runs.columns)
 
 
@@ -160,9 +152,9 @@ def test_numpy_scalars_and_nan_are_accepted(store: MetricsStore) -> None:
     store.log_epoch(run_id, epoch=np.int64(0), val_acc=np.float32(0.5))
     store.log_layers(run_id, [{**LAYER_RECORD, "sigma": np.array([2.0, 1.0], dtype="float32")}])
     store.flush()
-    assert pd.isna(store.steps(run_id).loc[0, "loss"])
-    assert store.epochs(run_id).loc[0, "val_acc"] == 0.5
-    assert store.layers(run_id).loc[0, "sigma"] == [2.0, 1.0]
+    assert pd.isna(read(store).metrics("steps", run_id).loc[0, "loss"])
+    assert read(store).metrics("epochs", run_id).loc[0, "val_acc"] == 0.5
+    assert read(store).metrics("layers", run_id).loc[0, "sigma"] == [2.0, 1.0]
 
 
 def test_unknown_values_are_refused(store: MetricsStore) -> None:
@@ -178,7 +170,7 @@ def test_unknown_values_are_refused(store: MetricsStore) -> None:
     with pytest.raises(ConfigError, match="status"):
         store.finish_run(run_id, "done")
     with pytest.raises(StorageError, match="no run 999"):
-        store.run(999)
+        read(store).run(999)
     with pytest.raises(StorageError, match="no run 999"):
         store.set_conversion_step(999, 1)
 
@@ -192,18 +184,18 @@ def test_incremental_reads(store: MetricsStore) -> None:
         store.log_step(run_id, step, 1.0, 0.1, 0.01)
         store.log_step(other, step, 9.0, 0.1, 0.01)
     store.flush()
-    first = store.steps(run_id)
+    first = read(store).metrics("steps", run_id)
     assert list(first["step"]) == list(range(5)) and set(first["run_id"]) == {run_id}
     last_id = int(first["id"].iloc[-1])
-    assert store.steps(run_id, after_id=last_id).empty
+    assert read(store).metrics("steps", run_id, last_id).empty
 
     store.log_step(run_id, 5, 1.0, 0.1, 0.01)
     store.log_layers(run_id, [LAYER_RECORD])
     store.flush()
-    new = store.steps(run_id, after_id=last_id)
+    new = read(store).metrics("steps", run_id, last_id)
     assert list(new["step"]) == [5]
-    layers = store.layers(run_id)
-    assert store.layers(run_id, after_id=int(layers["id"].iloc[-1])).empty
+    layers = read(store).metrics("layers", run_id)
+    assert read(store).metrics("layers", run_id, int(layers["id"].iloc[-1])).empty
 
 
 def test_steps_are_buffered_until_flush_rows(url: str) -> None:
@@ -212,23 +204,26 @@ def test_steps_are_buffered_until_flush_rows(url: str) -> None:
     run_id = new_run(writer)
     for step in range(9):
         writer.log_step(run_id, step, 1.0, 0.1, 0.01)
-    assert reader.steps(run_id).empty
+    assert read(reader).metrics("steps", run_id).empty
     writer.log_step(run_id, 9, 1.0, 0.1, 0.01)
-    assert len(reader.steps(run_id)) == 10
+    assert len(read(reader).metrics("steps", run_id)) == 10
 
-    before = reader.run(run_id)["updated_at"]
+    before = read(reader).run(run_id)["updated_at"]
     writer.log_stability(run_id, 10, {"fc1": 0.9})
-    assert reader.stability(run_id).empty
+    assert read(reader).metrics("stability", run_id).empty
     writer.log_epoch(run_id, epoch=0, step=10)  # epochs flush at once, with what is pending
-    assert len(reader.epochs(run_id)) == 1 and len(reader.stability(run_id)) == 1
-    assert reader.run(run_id)["updated_at"] > before
+    assert (
+        len(read(reader).metrics("epochs", run_id)) == 1
+        and len(read(reader).metrics("stability", run_id)) == 1
+    )
+    assert read(reader).run(run_id)["updated_at"] > before
 
     writer.log_step(run_id, 10, 1.0, 0.1, 0.01)
     writer.finish_run(run_id, "pruned")
-    assert len(reader.steps(run_id)) == 11
+    assert len(read(reader).metrics("steps", run_id)) == 11
     writer.log_step(run_id, 11, 1.0, 0.1, 0.01)
     writer.close()
-    assert len(reader.steps(run_id)) == 12
+    assert len(read(reader).metrics("steps", run_id)) == 12
     reader.close()
 
 
@@ -238,7 +233,7 @@ def test_steps_flush_after_flush_seconds(url: str) -> None:
     writer.log_step(run_id, 0, 1.0, 0.1, 0.01)
     time.sleep(0.1)
     writer.log_step(run_id, 1, 1.0, 0.1, 0.01)  # the time check happens on append
-    assert len(MetricsStore(url).steps(run_id)) == 2
+    assert len(read(MetricsStore(url)).metrics("steps", run_id)) == 2
 
 
 def test_logging_a_step_is_cheap(url: str) -> None:
@@ -252,7 +247,7 @@ def test_logging_a_step_is_cheap(url: str) -> None:
     store.close()
     # 2% of the shortest (5 ms) training step, flushes included.
     assert per_call < 100e-6, f"{per_call * 1e6:.1f} µs per log_step"
-    assert len(store.steps(run_id)) == n
+    assert len(read(store).metrics("steps", run_id)) == n
 
 
 # -- studies -----------------------------------------------------------------------------------
@@ -270,16 +265,17 @@ def test_runs_for_trials_and_delete(store: MetricsStore) -> None:
         store.log_stability(run_id, 0, {"fc1": 1.0})
         store.log_epoch(run_id, epoch=0)
 
-    latest = store.runs_for_trials("a")
+    latest = read(store).latest_runs("a")
     assert list(latest["trial_number"]) == [0, 1]
     assert list(latest["id"]) == [retried_new, single]
-    assert store.runs_for_trials("missing").empty
+    assert read(store).latest_runs("missing").empty
 
     assert store.delete_study_runs("a") == 4
-    assert list(store.runs()["id"]) == [kept]
-    for read in (store.steps, store.epochs, store.layers, store.stability):
-        assert read(retried_old).empty and read(retried_new).empty
-        assert len(read(kept)) == 1
+    assert list(read(store).runs()["id"]) == [kept]
+    for table in ("steps", "epochs", "layers", "stability"):
+        rows = read(store).metrics
+        assert rows(table, retried_old).empty and rows(table, retried_new).empty
+        assert len(rows(table, kept)) == 1
     assert store.delete_study_runs("a") == 0
 
 
@@ -303,7 +299,7 @@ def test_coexists_with_optuna(url: str, optuna_first: bool) -> None:
     study.optimize(objective, n_trials=3)
     loaded = optuna.load_study(study_name="s", storage=url)
     assert len(loaded.trials) == 3
-    assert list(store.runs_for_trials("s")["trial_number"]) == [0, 1, 2]
+    assert list(read(store).latest_runs("s")["trial_number"]) == [0, 1, 2]
     tables = set(sa.inspect(store.engine).get_table_names())
     assert {"studies", "trials", "oialr_runs", "oialr_steps"} <= tables
     store.close()
@@ -316,7 +312,7 @@ def test_reopening_keeps_data_and_one_schema_row(url: str) -> None:
     with MetricsStore(url) as store:
         run_id = new_run(store)
     with MetricsStore(url) as store:
-        assert store.run(run_id)["name"] == "r"
+        assert read(store).run(run_id)["name"] == "r"
         with store.engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT version FROM oialr_schema")).all()
         assert rows == [(SCHEMA_VERSION,)]
@@ -398,12 +394,12 @@ def test_pickled_store_works_after_unpickling(url: str) -> None:
     copy.log_step(run_id, 1, 1.0, 0.1, 0.01)
     copy.close()
     store.close()
-    assert sorted(store.steps(run_id)["step"]) == [0, 1]
+    assert sorted(read(store).metrics("steps", run_id)["step"]) == [0, 1]
 
 
 WRITER = """
 import json, sys, time
-from oialr.store import MetricsStore
+from oialr.metrics_store import MetricsStore
 
 url, run_id, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 store = MetricsStore(url, flush_rows=20, flush_seconds=0.05)
@@ -446,13 +442,13 @@ def test_concurrent_writer_processes_and_reader(url: str) -> None:
 
     def poll() -> None:
         for run_id in run_ids:
-            new = store.steps(run_id, after_id=last[run_id])
+            new = read(store).metrics("steps", run_id, last[run_id])
             if not new.empty:
                 assert new["id"].is_monotonic_increasing
                 seen[run_id].extend(new["step"])
                 last[run_id] = int(new["id"].iloc[-1])
-            store.epochs(run_id)
-        store.runs()
+            read(store).metrics("epochs", run_id)
+        read(store).runs()
 
     deadline = time.monotonic() + 60
     while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
@@ -470,7 +466,7 @@ def test_concurrent_writer_processes_and_reader(url: str) -> None:
     for run_id, total in zip(run_ids, totals):
         assert seen[run_id] == list(range(total)), "reader missed or repeated rows"
         assert total > 500  # the writers really ran concurrently for a while
-        assert store.run(run_id)["status"] == "complete"
+        assert read(store).run(run_id)["status"] == "complete"
     assert polls > 20
     store.close()
 
