@@ -112,7 +112,8 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per option: ``foo_bar`` → ``--foo-bar``."""
     for option in OPTIONS.values():
-        kwargs: dict[str, Any] = {"help": option.description or None, "default": None}
+        help_text = option.description.replace("%", "%%") or None  # argparse formats help
+        kwargs: dict[str, Any] = {"help": help_text, "default": None}
         if option.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif option.kind in ("dict", "list"):

@@ -33,6 +33,16 @@ def test_the_command_line_loads_no_torch_until_it_trains():
     assert loaded("import oialr.cli, oialr.spec, sys; print('torch' in sys.modules)") == "False"
 
 
+def test_train_help_lists_every_option(capsys):
+    from oialr.options import OPTIONS
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["train", "--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0
+    assert all(option.flag in shown for option in OPTIONS.values())
+
+
 def train_args(argv):
     return build_parser().parse_args(["train", *argv])
 
