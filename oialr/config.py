@@ -117,11 +117,13 @@ class OIALRConfig(Options):
         description="convert all layers at `delay`, or each layer once its basis stability "
         "passes `stability_threshold` (with `delay` as the latest step)",
     )
-    stability_every: Count | None = Field(
+    stability_every: Real | None = Field(
         None,
         ge=0,
-        description="steps between warm-up stability measurements (None: update_freq; 0: off)",
+        description="time between warm-up stability measurements, in stability_every_unit "
+        "(None: update_freq; 0: off)",
     )
+    stability_every_unit: StepUnit = Field("steps", json_schema_extra=FIXED)
     stability_threshold: Real = Field(
         0.98, gt=0.0, le=1.0, description="stability (mean column cosine) that triggers conversion"
     )
@@ -213,4 +215,4 @@ class OIALRConfig(Options):
 
     @property
     def stability_interval(self) -> int:
-        return int(self.update_freq) if self.stability_every is None else self.stability_every
+        return int(self.update_freq if self.stability_every is None else self.stability_every)

@@ -22,6 +22,13 @@ def test_durations_resolve_to_whole_steps():
     )
 
 
+def test_stability_can_be_measured_in_epochs_too():
+    cfg = OIALRConfig.build(stability_every=0.5, stability_every_unit="epochs").in_steps(100, 1000)
+    assert cfg.stability_every == 50 and cfg.stability_interval == 50
+    assert OIALRConfig.build(stability_every=0).in_steps().stability_interval == 0  # off
+    assert OIALRConfig.build(update_freq=30).in_steps().stability_interval == 30  # default
+
+
 def test_a_unit_without_the_run_length_is_refused():
     with pytest.raises(
         ConfigError, match="delay_unit='epochs' needs the run's steps_per_epoch"
