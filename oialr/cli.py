@@ -101,11 +101,12 @@ class ProgressRecorder:
 def cmd_train(args: argparse.Namespace) -> int:
     from .metrics_store import MetricsStore
     from .recorders import Recorders, StoreRecorder
-    from .train import fit
+    from .train import fit, preflight
 
     cfg = _run_config_from_args(args)
     if cfg.checkpoint_dir is None:
         cfg = cfg.model_copy(update={"checkpoint_dir": str(Path("checkpoints") / cfg.run_name)})
+    preflight(cfg)  # a bad model, device or dataset stops here, before the store is opened
     store = None if args.no_store else MetricsStore(resolve_storage(args.storage))
     recorders = Recorders(
         StoreRecorder(store) if store else None,
@@ -168,6 +169,13 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     )
 
     spec = load_spec(args.spec, args.set or [])  # a bad spec stops here, before any write
+    if spec.objective.train is None:  # oialr's loop: its model and data must work, too
+        from .train import preflight
+
+        try:
+            preflight(spec.run_config({}, "oialr"))
+        except ConfigError as err:
+            raise ConfigError(f"{args.spec}: {err}", field=err.field) from None
     url = resolve_storage(args.storage)
     name = args.study_name or spec.name
     n_trials = args.n_trials or spec.budget.n_trials

@@ -34,6 +34,10 @@ class StorageError(OIALRError, RuntimeError):
     """A storage URL is malformed, unreachable, or holds a schema we cannot read."""
 
 
+class StudyStopped(OIALRError, RuntimeError):
+    """A study stopped on its own: its trials kept failing for the same reason."""
+
+
 class TrainingDiverged(OIALRError, RuntimeError):
     """The loss became NaN or infinite."""
 

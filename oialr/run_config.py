@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .config import FIXED, Count, OIALRConfig, Options, Real
+from .imports import is_import_string, resolve
 from .vocab import FIXED_RANK, MODES, OIALR
 
 __all__ = ["RunConfig", "RunResult", "BUILTIN_MODELS", "MODEL_PREFIXES", "DATASETS"]
@@ -36,11 +37,21 @@ class RunConfig(Options):
     what: ClassVar[str] = "run option "
 
     name: str | None = Field(None, description="run name (default: model-dataset-mode-seed)")
-    model: str = Field("mlp", description="mlp, lenet5, resnet20, minivit, tv:<name>, timm:<name>")
+    model: str = Field(
+        "mlp",
+        description="mlp, lenet5, resnet20, minivit, tv:<name>, timm:<name>, or your builder as "
+        "package.module:function",
+    )
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword options of the model"
     )
-    dataset: str = Field("fashion-mnist", description=f"one of {', '.join(DATASETS)}")
+    dataset: str = Field(
+        "fashion-mnist",
+        description=f"{', '.join(DATASETS)}, or your loader as package.module:function",
+    )
+    dataset_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of your dataset loader"
+    )
     data_dir: str | None = Field(None, description="where the dataset's files are")
     download: bool = Field(
         False,
@@ -83,14 +94,32 @@ class RunConfig(Options):
         prefix, sep, rest = name.partition(":")
         if name in BUILTIN_MODELS or (sep and prefix in MODEL_PREFIXES and rest):
             return name
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+        if is_import_string(name):
+            resolve(name, "model")  # importable and callable, or one line saying what is not
+            return name
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(model_names())}, or name your "
+            "builder as package.module:function"
+        )
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-        return name
+        if name in DATASETS:
+            return name
+        if is_import_string(name):
+            resolve(name, "dataset")
+            return name
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or name your "
+            "loader as package.module:function"
+        )
+
+    @model_validator(mode="after")
+    def _dataset_options_are_for_loaders(self) -> RunConfig:
+        if self.dataset_options and self.dataset in DATASETS:
+            raise ValueError("dataset_options are for your own loader (package.module:function)")
+        return self
 
     @model_validator(mode="after")
     def _mode_and_rank(self) -> RunConfig:

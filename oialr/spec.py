@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import StepUnit
 from .errors import ConfigError, validation_error
+from .imports import is_import_string, resolve
 from .options import SEARCHABLE, Option, nest
 from .run_config import RunConfig
 from .vocab import FIXED_RANK, OIALR, TrialAttr
@@ -79,6 +80,20 @@ class Objective(BaseModel):
     kind: Literal["pareto", "accuracy"] = "pareto"
     third: Literal["stored_fraction", "wall_time"] | None = None
     max_trainable_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    train: str | None = Field(
+        None,
+        description="your training loop as package.module:function, called once per trial "
+        "and seed with an oialr.tracking.RunHandle (None: oialr's own loop)",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _importable(cls, text: str | None) -> str | None:
+        if text is not None:
+            if not is_import_string(text):
+                raise ValueError(f"{text!r} is not an import string like 'mypkg.train:run'")
+            resolve(text, "objective.train")
+        return text
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -118,6 +133,9 @@ class Budget(BaseModel):
         20, ge=1, description="trials in all, baselines included, all workers together"
     )
     timeout: float | None = Field(None, gt=0, description="seconds per worker")
+    failures_in_a_row: int = Field(
+        5, ge=1, description="stop the study once this many trials in a row fail alike"
+    )
 
 
 class Baselines(BaseModel):

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import statistics
@@ -31,12 +32,14 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import ConfigError, Interrupted, RunPruned, StorageError
+from .errors import ConfigError, Interrupted, RunPruned, StorageError, StudyStopped
+from .imports import resolve
 from .metrics_store import MetricsStore
 from .options import SEARCHABLE, train_command
 from .recorders import StoreRecorder
 from .run_config import RunConfig, RunResult
 from .spec import StudySpec
+from .tracking import RunHandle
 from .vocab import DENSE, FIXED_RANK, OBJECTIVES_ATTR, OIALR, SPEC_ATTR, TrialAttr, mask_url
 
 _logger = logging.getLogger(__name__)
@@ -225,14 +228,19 @@ class Objective:
         trial.set_user_attr(TrialAttr.MODE, mode)
         trial.set_user_attr(TrialAttr.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         results: list[RunResult] = []
+        loop = self.spec.objective.train
         try:
             with MetricsStore(self.url) as store:
                 for seed in range(self.spec.seeds):
                     cfg = self.spec.run_config(params, mode, seed, fixed_rank=rank)
                     if seed == 0:
-                        trial.set_user_attr(TrialAttr.COMMAND, train_command(cfg))
+                        trial.set_user_attr(TrialAttr.COMMAND, self._command(cfg, params))
                     prune = self.spec.objective.kind == "accuracy" and seed == 0
-                    results.append(fit(cfg, _TrialRecorder(store, trial, prune, cfg.epochs)))
+                    recorder = _TrialRecorder(store, trial, prune, cfg.epochs)
+                    if loop is None:
+                        results.append(fit(cfg, recorder))
+                    else:
+                        results.append(_run_loop(loop, RunHandle(recorder, cfg, params)))
         except RunPruned as err:
             raise optuna.TrialPruned(str(err)) from None
         except BaseException as err:
@@ -240,6 +248,14 @@ class Objective:
             trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
             raise
         return self._report(trial, results)
+
+    def _command(self, cfg: RunConfig, params: dict[str, Any]) -> str:
+        """What reproduces the trial: an ``oialr train`` command, or the loop and its parameters."""
+        loop = self.spec.objective.train
+        if loop is None:
+            return train_command(cfg)
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or cfg.mode
+        return f"{loop} with {shown} (oialr study run {self.spec.name}: objective.train)"
 
     def _report(self, trial: optuna.Trial, results: list[RunResult]) -> float | list[float]:
         def mean(key: str) -> float:
@@ -262,6 +278,19 @@ class Objective:
             trial.set_user_attr(key, value)
         values = [attrs[name] for name in self.spec.objective.names]
         return values[0] if len(values) == 1 else values
+
+
+def _run_loop(loop: str, handle: RunHandle) -> RunResult:
+    """Run your training loop once and what it reported, as a finished run."""
+    with handle:
+        returned = resolve(loop, "objective.train")(handle)
+        if not handle.epochs:
+            raise ConfigError(
+                f"objective.train {loop} reported no epoch: call run.epoch(val_acc=...) at the "
+                "end of each epoch (its validation accuracy is the trial's objective)"
+            )
+        test = returned if isinstance(returned, dict) else {}
+        return handle.finish(**{k: test[k] for k in ("test_acc", "test_loss") if k in test})
 
 
 # -- workers -------------------------------------------------------------------------------------
@@ -315,6 +344,7 @@ def run_worker(
     n_trials = n_trials or spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout
     interrupts = _Interrupts(study)
+    failures = FailureBudget(spec.budget.failures_in_a_row)
     previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for attempt in range(_RECONNECTS + 1):
@@ -327,6 +357,7 @@ def run_worker(
                         callbacks=[
                             MaxTrialsCallback(n_trials, states=FINISHED),
                             _log_failure,
+                            failures,
                             *callbacks,
                         ],
                         gc_after_trial=True,
@@ -345,7 +376,40 @@ def run_worker(
         for s, handler in previous.items():
             signal.signal(s, handler)
     interrupts.raise_if_received()
+    if failures.reason is not None:
+        raise StudyStopped(
+            f"study {study.study_name!r} stopped: {failures.limit} trials in a row failed with "
+            f"{failures.reason}"
+        )
     return study
+
+
+class FailureBudget:
+    """Stops the study once its last ``limit`` finished trials (every worker's) all failed for
+    the same reason (numbers aside): an error each trial meets again, a broken loop or a missing
+    file, is not worth the rest of the budget. The reason is then kept in ``reason``."""
+
+    def __init__(self, limit: int):
+        self.limit, self.reason = limit, None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            return
+        ended = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+        last = sorted(ended, key=lambda t: t.datetime_complete or t.datetime_start)[-self.limit :]
+        reasons = {_shape(t.user_attrs.get(TrialAttr.FAIL_REASON, "")) for t in last}
+        if (
+            len(last) == self.limit
+            and len(reasons) == 1
+            and all(t.state == TrialState.FAIL for t in last)
+        ):
+            self.reason = trial.user_attrs.get(TrialAttr.FAIL_REASON, "no reason recorded")
+            study.stop()
+
+
+def _shape(reason: str) -> str:
+    """A failure reason without its numbers (a step, a loss value), to compare with others."""
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", reason)
 
 
 def _log_failure(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .controller import OIALR
+from .conversion import plan_conversion
 from .data import load_dataset
 from .errors import ConfigError, OIALRError, RunPruned, TrainingDiverged
+from .imports import is_import_string
+from .loaders import load_imported
 from .models import build_model
 from .recorders import Recorder
 from .run_config import RunConfig, RunResult
@@ -30,7 +33,7 @@ from .vocab import COMPLETE, DENSE, FAILED, PRUNED
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["fit", "DenseRun", "evaluate", "resolve_device"]
+__all__ = ["fit", "preflight", "load_data", "DenseRun", "evaluate", "resolve_device"]
 
 
 class DenseRun:
@@ -112,14 +115,24 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def load_data(cfg: RunConfig):
+    """The run's dataset: a built-in one, or yours (``package.module:function``)."""
+    if is_import_string(cfg.dataset):
+        return load_imported(
+            cfg.dataset, cfg.dataset_options, data_dir=cfg.data_dir,
+            val_fraction=cfg.val_fraction, subset=cfg.subset, seed=cfg.seed,
+        )  # fmt: skip
+    return load_dataset(
+        cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
+        subset=cfg.subset, seed=cfg.seed, pad_to=cfg.pad_to,
+    )  # fmt: skip
+
+
 def setup(cfg: RunConfig) -> _Run:
     """Device, seeds, data, model, optimizer and schedule; nothing recorded yet."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(
-        cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
-        subset=cfg.subset, seed=cfg.seed, pad_to=cfg.pad_to,
-    ).to(device)  # fmt: skip
+    data = load_data(cfg).to(device)
     model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -132,6 +145,38 @@ def setup(cfg: RunConfig) -> _Run:
         cfg, device, cfg.amp and device.type == "cuda", data, model, optimizer, scheduler,
         torch.Generator().manual_seed(cfg.seed), steps_per_epoch,
     )  # fmt: skip
+
+
+def preflight(cfg: RunConfig) -> None:
+    """What a run would fail on before its first step, checked without recording anything: the
+    device, the data, the model (built, and called on two examples), the conversion plan.
+    ``oialr train`` and ``oialr study run`` call it before they write a byte.
+
+    Raises:
+        ConfigError, DataError: one line naming the option and the fix.
+    """
+    resolve_device(cfg.device)
+    data = load_data(cfg)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    x, _ = next(iter(data.batches("train", min(2, cfg.batch_size), shuffle=False)))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x.cpu())
+    except Exception as err:  # the model cannot take the data: say so, not where it broke
+        raise ConfigError(
+            f"`run.model`: {cfg.model} fails on the data's inputs of shape "
+            f"{tuple(data.input_shape)} ({type(err).__name__}: {err})".split("\n")[0],
+            field="model",
+        ) from None
+    if not torch.is_tensor(out) or out.shape != (len(x), data.num_classes):
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ConfigError(
+            f"`run.model`: {cfg.model} gives {shape} for {len(x)} examples; the dataset needs "
+            f"({len(x)}, {data.num_classes}) logits",
+            field="model",
+        )
+    if cfg.mode != DENSE:
+        plan_conversion(model, cfg.oialr, {id(p) for p in model.parameters() if p.requires_grad})
 
 
 def make_controller(run: _Run, recorder: Recorder) -> OIALR | DenseRun:
