@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,29 +146,47 @@ def _study_progress(study, n_trials: int, quiet: bool):
     task = progress.add_task("", total=n_trials)
     progress.start()
 
+    started, before = time.monotonic(), None
+
     def tick(*_):
+        nonlocal before
         c = progress_counts(study)
+        done = c["complete"] + c["pruned"]
+        before = done if before is None else before
         best = "-" if c["best_val_acc"] is None else f"{c['best_val_acc']:.4f}"
+        hours = (time.monotonic() - started) / 3600
+        rate = f" · {(done - before) / hours:.0f} trials/h" if done > before else ""
         progress.update(
             task,
-            completed=c["complete"] + c["pruned"],
+            completed=done,
             description=f"done {c['complete']} · running {c['running']} · pruned {c['pruned']}"
-            f" · failed {c['fail']} · best val acc {best}",
+            f" · failed {c['fail']} · best val acc {best}{rate}",
         )
 
     return tick, progress.stop
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """What argparse cannot say about `study run`'s numbers: one line each, before any work."""
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(
+            f"--n-trials {args.n_trials}: give at least 1 (or leave it out for the spec's budget)"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat {args.heartbeat}: give at least 1 second")
+    if args.gpus is not None and not all(g.strip().isdigit() for g in args.gpus.split(",")):
+        raise ConfigError(f"--gpus {args.gpus!r}: give GPU ids, e.g. --gpus 0 or --gpus 0,1")
+
+
 def cmd_study_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
-    from .study import (
-        create_study,
-        open_storage,
-        run_worker,
-        run_workers,
-        worker_command,
-    )
+    from .study import create_study, default_warmup_cache, open_storage, run_worker
 
+    _check_run_args(args)
     spec = load_spec(args.spec, args.set or [])  # a bad spec stops here, before any write
     if spec.objective.train is None:  # oialr's loop: its model and data must work, too
         from .train import preflight
@@ -179,33 +198,66 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     url = resolve_storage(args.storage)
     name = args.study_name or spec.name
     n_trials = args.n_trials or spec.budget.n_trials
-    gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
-    workers = args.workers or max(1, len(gpus))
-    study = create_study(spec, open_storage(url), name)
+    plan = _worker_plan(args, spec)
+    study = create_study(spec, open_storage(url), name)  # a bad URL stops here, one line
+    cache = None if args.no_warmup_cache else Path(args.warmup_cache or default_warmup_cache(url))
     tick, stop = _study_progress(study, n_trials, args.quiet)
     try:
-        if workers == 1 and not gpus:
+        if len(plan) == 1 and plan[0] is None:
             tick()
+            from .warmup import WarmupCache
+
+            warmup = WarmupCache(cache, until=spec.latest_delay()) if cache else None
             run_worker(spec, url, study_name=name, n_trials=n_trials, timeout=args.timeout,
-                       heartbeat=args.heartbeat, callbacks=[tick])  # fmt: skip
+                       heartbeat=args.heartbeat, callbacks=[tick], warmup=warmup)  # fmt: skip
             code = 0
         else:
-            cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat)
-            cmd += [f"--set={item}" for item in args.set or []]
-            envs = []
-            for i in range(workers):
-                env = dict(os.environ)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-                else:  # share the cores: K processes × all threads each thrash a CPU
-                    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-                envs.append(env)
-            code = run_workers([cmd] * workers, envs, tick)
+            code = _run_worker_processes(args, url, name, n_trials, plan, cache, tick)
     finally:
         stop()
     if not args.quiet:
         _print_trials(study, best_only=False, limit=15)
     return code
+
+
+def _worker_plan(args: argparse.Namespace, spec) -> list[str | None]:
+    """The GPU of each worker to start (None: this process, on the CPU or the default GPU)."""
+    if args.gpus is None:
+        return [None] * (args.workers or 1)
+    from .packing import free_gpu_bytes, plan_workers, trial_bytes
+
+    free = free_gpu_bytes()
+    if not free:
+        raise ConfigError(f"--gpus {args.gpus}: this machine has no CUDA GPU; leave --gpus out")
+    need = trial_bytes(_parameters(spec), 0)
+    return plan_workers([g.strip() for g in args.gpus.split(",")], args.workers,
+                        free_bytes=free, need_bytes=need)  # fmt: skip
+
+
+def _parameters(spec) -> int:
+    from .models import build_model
+    from .train import load_data
+
+    cfg = spec.run_config({}, "oialr")
+    data = load_data(cfg)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _run_worker_processes(args, url, name, n_trials, plan, cache, tick) -> int:
+    from .study import run_workers, worker_command
+
+    cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat, cache)
+    cmd += [f"--set={item}" for item in args.set or []]
+    envs = []
+    for gpu in plan:
+        env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        else:  # share the cores: K processes × all threads each thrash a CPU
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(plan))))
+        envs.append(env)
+    return run_workers([cmd] * len(plan), envs, tick)
 
 
 def _trial_rows(study, best_only: bool):
@@ -397,9 +449,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="trials in all (default: the spec's budget)")
     run.add_argument("--timeout", type=float, help="seconds per worker")
     run.add_argument(
-        "--workers", type=int, help="worker processes here (default 1, or one per GPU)"
+        "--workers", type=int, help="worker processes here (default 1; with --gpus, see there)"
     )
-    run.add_argument("--gpus", help="comma-separated GPU ids, one worker each")
+    run.add_argument(
+        "--gpus",
+        help="comma-separated GPU ids; workers go round-robin over them (default: as many per "
+        "GPU as its free memory holds, at most 8)",
+    )
+    run.add_argument(
+        "--warmup-cache",
+        help="share the dense warm-up through snapshots here (default: beside the SQLite file, "
+        "else ~/.cache/oialr/warmup)",
+    )
+    run.add_argument(
+        "--no-warmup-cache", action="store_true", help="every trial trains from step 0"
+    )
     run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set run.epochs=3 (repeatable)")  # fmt: skip

@@ -7,6 +7,7 @@ their builder's signature. ``tv:<name>`` builds any torchvision classification m
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import math
@@ -361,6 +362,12 @@ def build_model(
         ConfigError: Unknown model or option, or a shape the model cannot take.
     """
     if is_import_string(name) and name.partition(":")[0] not in PREFIXES:
+        module = name.partition(":")[0]
+        if "." not in module and importlib.util.find_spec(module) is None:  # a mistyped prefix?
+            raise ConfigError(
+                f"unknown model {name!r}: {module!r} is neither a prefix "
+                f"({', '.join(p + ':' for p in PREFIXES)}) nor a module on PYTHONPATH"
+            )
         return _imported(name, tuple(input_shape), num_classes, options)
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:

@@ -83,6 +83,11 @@ class RunConfig(Options):
     seed: Count = Field(0, json_schema_extra=FIXED)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = Field(True, description="bf16 autocast on CUDA", json_schema_extra=FIXED)
+    memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        "auto",
+        description="convnets' memory layout; auto: channels_last on the CPU (measured faster)",
+        json_schema_extra=FIXED,
+    )
     log_every: Count = Field(
         10, ge=1, description="steps between logged loss/lr/step-time rows", json_schema_extra=FIXED
     )
@@ -151,6 +156,7 @@ class RunResult:
     epochs: int
     conversion_step: int | None
     ranks: dict[str, int] = field(default_factory=dict)
+    warm_start_step: int = 0  # the step a shared warm-up snapshot started it at (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

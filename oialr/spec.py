@@ -183,6 +183,22 @@ class StudySpec(BaseModel):
             return {"delay": param.low, "delay_unit": param.unit or "steps"}
         return {}
 
+    def latest_delay(self) -> tuple[float, str] | None:
+        """The latest conversion any trial of this study may have, as ``(value, unit)``: how far
+        its dense warm-up is worth sharing (None: unknown, a custom loop)."""
+        if self.objective.train is not None:
+            return None
+        run = self.run_config({}, OIALR).oialr
+        ends = [(run.delay, run.delay_unit)]
+        if "delay" in self.search:
+            param = self.search["delay"]
+            top = max(param.choices) if param.choices is not None else param.high
+            ends.append((top, param.unit or run.delay_unit))
+        if self.baseline_delay():
+            ends.append((self.baseline_delay()["delay"], self.baseline_delay()["delay_unit"]))
+        units = {unit for _, unit in ends}
+        return max(ends) if len(units) == 1 else None
+
     def run_values(
         self,
         params: dict[str, Any],

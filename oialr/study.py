@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,7 +41,17 @@ from .recorders import StoreRecorder
 from .run_config import RunConfig, RunResult
 from .spec import StudySpec
 from .tracking import RunHandle
-from .vocab import DENSE, FIXED_RANK, OBJECTIVES_ATTR, OIALR, SPEC_ATTR, TrialAttr, mask_url
+from .vocab import (
+    DENSE,
+    FIXED_RANK,
+    OBJECTIVES_ATTR,
+    OIALR,
+    SPEC_ATTR,
+    TrialAttr,
+    mask_url,
+    sqlite_file,
+)
+from .warmup import WarmupCache
 
 _logger = logging.getLogger(__name__)
 
@@ -212,6 +223,7 @@ class Objective:
     spec: StudySpec
     url: str
     interrupts: _Interrupts | None = None
+    warmup: WarmupCache | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.interrupts is not None:
@@ -238,7 +250,7 @@ class Objective:
                     prune = self.spec.objective.kind == "accuracy" and seed == 0
                     recorder = _TrialRecorder(store, trial, prune, cfg.epochs)
                     if loop is None:
-                        results.append(fit(cfg, recorder))
+                        results.append(fit(cfg, recorder, warmup=self.warmup))
                     else:
                         results.append(_run_loop(loop, RunHandle(recorder, cfg, params)))
         except RunPruned as err:
@@ -268,6 +280,7 @@ class Objective:
             TrialAttr.TRAINABLE_FRACTION: mean("trainable_fraction"),
             TrialAttr.STORED_FRACTION: mean("stored_fraction"),
             TrialAttr.WALL_TIME: mean("wall_time"),
+            TrialAttr.STEPS_TRAINED: sum(r.steps - r.warm_start_step for r in results),
         }
         if len(results) > 1:
             attrs[TrialAttr.VAL_ACC_STD] = statistics.stdev(r.final_val_acc for r in results)
@@ -333,8 +346,10 @@ def run_worker(
     timeout: float | None = None,
     heartbeat: int = 30,
     callbacks: list[Callable] = (),
+    warmup: WarmupCache | None = None,
 ) -> optuna.Study:
-    """Run trials in this process until the study holds ``n_trials`` finished trials.
+    """Run trials in this process until the study holds ``n_trials`` finished trials, sharing
+    their dense warm-up through ``warmup`` when given (:mod:`oialr.warmup`).
 
     SIGINT and SIGTERM end the running trial as FAIL with the reason recorded (Optuna marks it
     on the way out), then raise :class:`Interrupted`; running the command again continues.
@@ -351,7 +366,7 @@ def run_worker(
             try:
                 if _finished(study) < n_trials:
                     study.optimize(
-                        Objective(spec, url, interrupts),
+                        Objective(spec, url, interrupts, warmup),
                         timeout=timeout,
                         catch=(Exception,),  # a failing trial is recorded FAIL; the study goes on
                         callbacks=[
@@ -423,14 +438,24 @@ def _finished(study: optuna.Study) -> int:
 
 
 def worker_command(spec_path: str, url: str, study_name: str, n_trials: int | None,
-                   timeout: float | None, heartbeat: int) -> list[str]:  # fmt: skip
+                   timeout: float | None, heartbeat: int, warmup: Path | None) -> list[str]:  # fmt: skip
     cmd = [sys.executable, "-m", "oialr", "study", "run", spec_path, "--storage", url,
            "--study-name", study_name, "--workers", "1", "--quiet", "--heartbeat", str(heartbeat)]  # fmt: skip
     if n_trials:
         cmd += ["--n-trials", str(n_trials)]
     if timeout:
         cmd += ["--timeout", str(timeout)]
+    cmd += ["--warmup-cache", str(warmup)] if warmup is not None else ["--no-warmup-cache"]
     return cmd
+
+
+def default_warmup_cache(url: str) -> Path:
+    """Where a study's warm-up snapshots go unless told: beside a SQLite file, else in the
+    user's cache (a shared path, given with --warmup-cache, serves several machines)."""
+    path = sqlite_file(url)
+    if path is not None:
+        return path.with_name(path.name + ".warmup")
+    return Path("~/.cache/oialr/warmup").expanduser()
 
 
 def run_workers(
