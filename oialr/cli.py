@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import tomllib
 
 try:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 except ImportError:  # the library was installed without its command line's extra
@@ -50,7 +52,13 @@ def _run_config_from_args(args: argparse.Namespace):
             base = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as err:
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path}: a folder; give a TOML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {path}: not a text file; give a TOML file") from None
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
+        except (tomllib.TOMLDecodeError, RecursionError) as err:
             raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
     try:
         return RunConfig.build(**values_from_flags(args, base))
@@ -102,13 +110,18 @@ class ProgressRecorder:
 def cmd_train(args: argparse.Namespace) -> int:
     from .metrics_store import MetricsStore
     from .recorders import Recorders, StoreRecorder
+    from .storage_checks import check_writable
     from .train import fit, preflight
 
     cfg = _run_config_from_args(args)
     if cfg.checkpoint_dir is None:
         cfg = cfg.model_copy(update={"checkpoint_dir": str(Path("checkpoints") / cfg.run_name)})
-    preflight(cfg)  # a bad model, device or dataset stops here, before the store is opened
-    store = None if args.no_store else MetricsStore(resolve_storage(args.storage))
+    preflight(cfg, resume=args.resume)  # a bad model, device, data: here, before the store
+    store = None
+    if not args.no_store:
+        url = resolve_storage(args.storage)
+        check_writable(url, args.allow_foreign_database)
+        store = MetricsStore(url)
     recorders = Recorders(
         StoreRecorder(store) if store else None,
         None if args.quiet or args.json else ProgressRecorder(),
@@ -184,6 +197,7 @@ def _check_run_args(args: argparse.Namespace) -> None:
 
 def cmd_study_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
+    from .storage_checks import check_writable
     from .study import create_study, default_warmup_cache, open_storage, run_worker
 
     _check_run_args(args)
@@ -199,6 +213,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     name = args.study_name or spec.name
     n_trials = args.n_trials or spec.budget.n_trials
     plan = _worker_plan(args, spec)
+    check_writable(url, args.allow_foreign_database)
     study = create_study(spec, open_storage(url), name)  # a bad URL stops here, one line
     cache = None if args.no_warmup_cache else Path(args.warmup_cache or default_warmup_cache(url))
     tick, stop = _study_progress(study, n_trials, args.quiet)
@@ -249,6 +264,7 @@ def _run_worker_processes(args, url, name, n_trials, plan, cache, tick) -> int:
 
     cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat, cache)
     cmd += [f"--set={item}" for item in args.set or []]
+    cmd += ["--allow-foreign-database"] if args.allow_foreign_database else []
     envs = []
     for gpu in plan:
         env = dict(os.environ)
@@ -326,16 +342,12 @@ def _fmt(value) -> str:
 
 
 def _existing_storage(url: str):
-    """Read commands never create a database: a missing SQLite file is an error."""
+    """Read commands never create a database, nor tables in one."""
+    from .storage_checks import check_readable
     from .study import open_storage
 
-    try:
-        path = sqlite_file(url)
-    except Exception:  # the storage below says what is wrong with the URL
-        path = None
-    if path is not None and not path.exists():
-        raise ConfigError(f"storage {url}: no such database file; run `oialr study run` first")
-    return open_storage(url)
+    check_readable(url)
+    return open_storage(url, create=False)
 
 
 def cmd_study_list(args: argparse.Namespace) -> int:
@@ -373,10 +385,30 @@ def cmd_study_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_target(output: str, url: str) -> Path:
+    """Where an export may go: never the storage, a folder or any database; in a folder that
+    exists."""
+    target = Path(output).expanduser()
+    storage = sqlite_file(url)
+    if storage is not None and target.exists() and target.resolve() == storage.resolve():
+        raise ConfigError(f"--output {output} is the storage itself; give another file name")
+    if target.is_dir() or output.endswith(os.sep):
+        raise ConfigError(f"--output {output} is a folder; give a file name in it")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--output {output}: no folder {target.parent}; create it first")
+    if target.is_file():
+        with target.open("rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                raise ConfigError(f"--output {output} is a database; exports never overwrite one")
+    return target
+
+
 def cmd_study_export(args: argparse.Namespace) -> int:
     from .study import load_study
 
-    study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
+    url = resolve_storage(args.storage)
+    target = None if args.output in (None, "-") else _export_target(args.output, url)
+    study = load_study(args.name, _existing_storage(url))
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs",
                                           "datetime_start", "datetime_complete"))  # fmt: skip
     text = (
@@ -384,13 +416,18 @@ def cmd_study_export(args: argparse.Namespace) -> int:
         if args.format == "csv"
         else frame.to_json(orient="records", indent=1, date_format="iso")
     )
-    if args.output in (None, "-"):
+    if target is None:
         sys.stdout.write(text)
         return 0
-    target = Path(args.output)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(target)  # never a half-written export
+    try:  # a temporary file beside it, renamed over it: never a half-written export
+        with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=f".{target.name}.",
+                                         delete=False) as tmp:  # fmt: skip
+            tmp.write(text)
+        os.replace(tmp.name, target)
+    except OSError as err:
+        if "tmp" in locals() and os.path.exists(tmp.name):
+            os.remove(tmp.name)
+        raise ConfigError(f"--output {args.output}: cannot write ({err.strerror})") from None
     console.print(f"wrote {len(frame)} trials to {target}")
     return 0
 
@@ -421,6 +458,9 @@ def cmd_study_delete(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------
+FOREIGN_HELP = "write into a SQLite file that holds another application's tables"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oialr", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
@@ -433,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", help="metrics storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)"
     )
     train.add_argument("--no-store", action="store_true", help="record nothing")
+    train.add_argument("--allow-foreign-database", action="store_true", help=FOREIGN_HELP)
     train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -465,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-warmup-cache", action="store_true", help="every trial trains from step 0"
     )
     run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
+    run.add_argument("--allow-foreign-database", action="store_true", help=FOREIGN_HELP)
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set run.epochs=3 (repeatable)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -510,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OIALRError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except (Interrupted, KeyboardInterrupt) as err:
         console.print(f"interrupted ({err or 'Ctrl-C'}): the running trial or run was recorded; "

@@ -7,7 +7,6 @@ their builder's signature. ``tv:<name>`` builds any torchvision classification m
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 import math
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from oialr.errors import ConfigError
 from oialr.imports import call_with, is_import_string, resolve
-from oialr.run_config import BUILTIN_MODELS, MODEL_PREFIXES, model_names
+from oialr.run_config import BUILTIN_MODELS, MODEL_PREFIXES, mistyped_prefix, model_names
 
 logger = logging.getLogger(__name__)
 
@@ -362,12 +361,8 @@ def build_model(
         ConfigError: Unknown model or option, or a shape the model cannot take.
     """
     if is_import_string(name) and name.partition(":")[0] not in PREFIXES:
-        module = name.partition(":")[0]
-        if "." not in module and importlib.util.find_spec(module) is None:  # a mistyped prefix?
-            raise ConfigError(
-                f"unknown model {name!r}: {module!r} is neither a prefix "
-                f"({', '.join(p + ':' for p in PREFIXES)}) nor a module on PYTHONPATH"
-            )
+        if mistyped_prefix(name):
+            raise ConfigError(mistyped_prefix(name))
         return _imported(name, tuple(input_shape), num_classes, options)
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -387,6 +382,10 @@ def build_model(
                 f"model {name!r} has no option {unknown[0]!r}; "
                 f"its options: {', '.join(allowed) or '(none)'}"
             )
-        model = MODELS[name](input_shape, num_classes, **options)
+        try:
+            model = MODELS[name](input_shape, num_classes, **options)
+        except (TypeError, ValueError) as err:  # an option of the wrong type: widths="a"
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise ConfigError(f"model {name!r}: bad option value in {given} ({err})") from None
     logger.debug("built %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
     return model

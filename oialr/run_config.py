@@ -7,6 +7,8 @@ itself, nested as ``oialr``: one definition, with its units.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +25,16 @@ BUILTIN_MODELS = ("mlp", "lenet5", "resnet20", "minivit")
 MODEL_PREFIXES = ("tv", "timm")  # tv:<torchvision name>, timm:<timm name>
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 Mode = Literal[MODES]  # type: ignore[valid-type]
+
+
+def mistyped_prefix(name: str) -> str | None:
+    """Why ``name`` (``nope:resnet18``) is neither a model prefix nor an importable builder,
+    or None."""
+    module = name.partition(":")[0]
+    if ":" in name and "." not in module and importlib.util.find_spec(module) is None:
+        prefixes = ", ".join(f"{p}:" for p in MODEL_PREFIXES)
+        return f"unknown model {name!r}: {module!r} is neither a prefix ({prefixes}) nor a module"
+    return None
 
 
 def model_names() -> list[str]:
@@ -93,6 +105,23 @@ class RunConfig(Options):
     )
     checkpoint_dir: str | None = Field(None, description="checkpoint every epoch here")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (name.strip(". ") == "" or any(c in name for c in "/\\\0")):
+            raise ValueError(
+                f"run name {name!r} must be a plain name, without '/' (it names the run's "
+                "checkpoint folder)"
+            )
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        return device
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
@@ -100,6 +129,8 @@ class RunConfig(Options):
         if name in BUILTIN_MODELS or (sep and prefix in MODEL_PREFIXES and rest):
             return name
         if is_import_string(name):
+            if mistyped_prefix(name):
+                raise ValueError(mistyped_prefix(name))
             resolve(name, "model")  # importable and callable, or one line saying what is not
             return name
         raise ValueError(

@@ -67,13 +67,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _RECONNECTS = 6  # tries to get back to a lost storage between trials (1 + 2 + … + 32 s)
 
 
-def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
+def open_storage(url: str, heartbeat: int | None = None, *, create: bool = True) -> RDBStorage:
     """Optuna's RDB storage on ``url``, with heartbeats when ``heartbeat`` seconds are given.
 
-    Our metrics store is opened first: it validates the URL with a one-line error, creates our
+    Unless ``create`` is False (read-only commands, on a storage checked to hold studies), our
+    metrics store is opened first: it validates the URL with a one-line error, creates our
     tables and puts SQLite in WAL mode, which lets readers and several writers share the file.
     """
-    MetricsStore(url).close()
+    if create:
+        MetricsStore(url).close()
     sqlite = url.startswith("sqlite")
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if sqlite:  # transactions begin explicitly (below); wait up to 30 s for the write lock
@@ -208,7 +210,7 @@ def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     for name, p in spec.search.items():
         if p.choices is not None:
             params[name] = trial.suggest_categorical(name, p.choices)
-        elif p.is_integer(SEARCHABLE[name]):
+        elif p.is_integer(SEARCHABLE[name], spec.unit_of(name)):
             params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log,
                                              step=int(p.step or 1))  # fmt: skip
         else:

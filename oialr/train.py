@@ -105,6 +105,11 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: no CUDA device is available here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            "numbered from 0"
+        )
     return device
 
 
@@ -189,16 +194,34 @@ def setup(cfg: RunConfig) -> _Run:
     )  # fmt: skip
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, resume: bool = False) -> None:
     """What a run would fail on before its first step, checked without recording anything: the
-    device, the data, the model (built, and called on two examples), the conversion plan.
-    ``oialr train`` and ``oialr study run`` call it before they write a byte.
+    device, the checkpoint folder (and with ``resume``, its checkpoint), the data and the batch
+    size, the model (built, and called on two examples), the conversion plan. ``oialr train``
+    and ``oialr study run`` call it before they write a byte.
 
     Raises:
         ConfigError, DataError: one line naming the option and the fix.
     """
     resolve_device(cfg.device)
+    folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"--checkpoint-dir {folder} is a file; give a folder", field="checkpoint_dir"
+        )
+    if resume:
+        if folder is None or not (folder / "checkpoint.pt").is_file():
+            raise ConfigError(
+                f"--resume: no checkpoint in {folder}; leave --resume out to start the run"
+            )
+        checked_checkpoint(folder / "checkpoint.pt", cfg)
     data = load_data(cfg)
+    if data.steps_per_epoch(cfg.batch_size, drop_last=True) == 0:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is larger than the training set "
+            f"({data.steps_per_epoch(1)} examples): lower it, or train on more data",
+            field="batch_size",
+        )
     model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
     x, _ = next(iter(data.batches("train", min(2, cfg.batch_size), shuffle=False)))
     try:
@@ -270,17 +293,31 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def checked_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
+    """The checkpoint at ``path``, if it is an oialr checkpoint of this run."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or not ckpt.keys() >= _CHECKPOINT_KEYS:
+        raise ConfigError(
+            f"checkpoint {path} is not an oialr checkpoint: use another --checkpoint-dir, or "
+            "drop --resume"
+        )
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    for key in ("model", "model_options", "dataset", "mode"):
+        if saved.get(key) != getattr(cfg, key):
+            raise ConfigError(
+                f"checkpoint {path} is of another run ({key} {saved.get(key)!r}, not "
+                f"{getattr(cfg, key)!r}): use another --checkpoint-dir, or drop --resume"
+            )
+    return ckpt
+
+
+_CHECKPOINT_KEYS = {"config", "model", "optimizer", "scheduler", "oialr", "generator", "epoch"}
+
+
 def restore(run: _Run) -> None:
     """Continue from the run's checkpoint, bit for bit on the CPU: model, optimizer, schedule,
     controller, data order and RNG all come back."""
-    ckpt = load_checkpoint(run.checkpoint)
-    saved = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
-    for key in ("model", "model_options", "dataset", "mode"):
-        if saved.get(key) != getattr(run.cfg, key):
-            raise ConfigError(
-                f"checkpoint {run.checkpoint} is of another run ({key} {saved.get(key)!r}, not "
-                f"{getattr(run.cfg, key)!r}): use another --checkpoint-dir, or drop --resume"
-            )
+    ckpt = checked_checkpoint(run.checkpoint, run.cfg)
     run.controller.load_state_dict(ckpt["oialr"])  # first: it rebuilds the factorised layers
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
