@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -30,8 +29,10 @@ except ImportError:  # the library was installed without its command line's extr
     )
     raise SystemExit(2) from None
 
+from . import signals
 from .errors import ConfigError, Interrupted, OIALRError
 from .options import add_flags
+from .recorders import Recorder
 from .vocab import OBJECTIVES_ATTR, TrialAttr, mask_url, resolve_storage, sqlite_file
 
 _logger = logging.getLogger("oialr")
@@ -107,6 +108,16 @@ class ProgressRecorder:
         self.progress.stop()
 
 
+class SignalCheck(Recorder):
+    """Raises, at the next logged step, a signal whose first raise was swallowed."""
+
+    def step(self, step, loss, lr, step_time):
+        signals.raise_if_received()
+
+    def epoch(self, metrics):
+        signals.raise_if_received()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .metrics_store import MetricsStore
     from .recorders import Recorders, StoreRecorder
@@ -125,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recorders = Recorders(
         StoreRecorder(store) if store else None,
         None if args.quiet or args.json else ProgressRecorder(),
+        SignalCheck(),
     )
     try:
         result = fit(cfg, recorders, resume=args.resume)
@@ -214,7 +226,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     n_trials = args.n_trials or spec.budget.n_trials
     plan = _worker_plan(args, spec)
     check_writable(url, args.allow_foreign_database)
-    study = create_study(spec, open_storage(url), name)  # a bad URL stops here, one line
+    study = create_study(spec, open_storage(url), name,  # a bad URL stops here, one line
+                         allow_spec_change=args.allow_spec_change)  # fmt: skip
     cache = None if args.no_warmup_cache else Path(args.warmup_cache or default_warmup_cache(url))
     tick, stop = _study_progress(study, n_trials, args.quiet)
     try:
@@ -224,7 +237,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
             warmup = WarmupCache(cache, until=spec.latest_delay()) if cache else None
             run_worker(spec, url, study_name=name, n_trials=n_trials, timeout=args.timeout,
-                       heartbeat=args.heartbeat, callbacks=[tick], warmup=warmup)  # fmt: skip
+                       heartbeat=args.heartbeat, callbacks=[tick], warmup=warmup,
+                       allow_spec_change=args.allow_spec_change)  # fmt: skip
             code = 0
         else:
             code = _run_worker_processes(args, url, name, n_trials, plan, cache, tick)
@@ -507,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
     run.add_argument("--allow-foreign-database", action="store_true", help=FOREIGN_HELP)
+    run.add_argument("--allow-spec-change", action="store_true",
+                     help="continue a study whose spec changed (the change is recorded)")  # fmt: skip
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set run.epochs=3 (repeatable)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -532,24 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupted(signum, _frame):
-    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if args.command == "study" and not args.verbose:
-        import warnings
+    signals.reset()
+    signals.install()  # both end the run cleanly, recorded; never lost (oialr.signals)
+    try:  # from here on, a signal anywhere (even mid-import) ends in one line and 130
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+        if args.command == "study" and not args.verbose:
+            import warnings
 
-        import optuna  # failed trials get one line of ours (study.py), not Optuna's traceback
+            import optuna  # failed trials get one line of ours (study.py), not Optuna's traceback
 
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # both end the run cleanly, recorded
-        signal.signal(sig, _raise_interrupted)
-    try:
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return args.func(args)
     except OIALRError as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)

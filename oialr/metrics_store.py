@@ -186,7 +186,8 @@ class MetricsStore:
                 lost = isinstance(exc.__cause__, (OperationalError, InterfaceError))
                 if not lost or self.engine.dialect.name == "sqlite" or time.monotonic() > deadline:
                     raise
-                logger.warning("%s; retrying in %.1f s", exc, delay)
+                if delay == 0.5:  # once an outage; the retries that follow say nothing
+                    logger.warning("%s; retrying for up to %.0f s", exc, _RETRY_SECONDS)
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
 

@@ -1,9 +1,10 @@
 """Optuna studies over OIALR's hyperparameters: storage, baselines, the objective, workers.
 
 Every worker, on this machine or another, runs the same loop against one RDB storage (Optuna's
-standard distributed setup): ``create_study(load_if_exists=True)`` then ``optimize``. Heartbeats
-fail the trials of a killed worker and a retry callback queues them again; a global
-``MaxTrialsCallback`` caps the study. There is no scheduler of our own.
+standard distributed setup): ``create_study(load_if_exists=True)``, then one ``optimize`` trial
+at a time, each claimed under :class:`~oialr.trial_budget.TrialBudget` (an exact budget across
+workers, baselines owed, trials of dead workers failed and queued again). Heartbeats fail the
+trials of a worker lost on another machine and a retry callback queues them again.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import optuna
 import sqlalchemy as sa
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from . import signals
 from .errors import ConfigError, Interrupted, RunPruned, StorageError, StudyStopped
 from .imports import resolve
 from .metrics_store import MetricsStore
@@ -41,12 +42,12 @@ from .recorders import StoreRecorder
 from .run_config import RunConfig, RunResult
 from .spec import StudySpec
 from .tracking import RunHandle
+from .trial_budget import TrialBudget
 from .vocab import (
-    DENSE,
-    FIXED_RANK,
     OBJECTIVES_ATTR,
     OIALR,
     SPEC_ATTR,
+    SPEC_CHANGES_ATTR,
     TrialAttr,
     mask_url,
     sqlite_file,
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_RECONNECTS = 6  # tries to get back to a lost storage between trials (1 + 2 + … + 32 s)
+_RECONNECTS = 5  # tries to get back to a lost storage (1 + 2 + … + 16 s)
 
 
 def open_storage(url: str, heartbeat: int | None = None, *, create: bool = True) -> RDBStorage:
@@ -150,8 +151,17 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def create_study(spec: StudySpec, storage: RDBStorage, name: str | None = None) -> optuna.Study:
-    """Create the study (or load it: every worker calls this) and queue the baselines once."""
+def create_study(
+    spec: StudySpec, storage: RDBStorage, name: str | None = None, *,
+    allow_spec_change: bool = False,
+) -> optuna.Study:  # fmt: skip
+    """Create the study, or load it (every worker calls this) if it was made from the same spec.
+
+    Raises:
+        ConfigError: the study exists with another spec (the message lists the differences)
+            and ``allow_spec_change`` is not given; with it, the change is recorded in the
+            study's ``spec_changes`` attribute.
+    """
     name = name or spec.name
     study = optuna.create_study(
         storage=storage,
@@ -167,15 +177,55 @@ def create_study(spec: StudySpec, storage: RDBStorage, name: str | None = None) 
         raise ConfigError(
             f"study {name!r} already exists with other objectives; pick another --study-name"
         )
-    if SPEC_ATTR not in study.user_attrs:
-        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    stored, current = study.user_attrs.get(SPEC_ATTR), spec.model_dump(mode="json")
+    changes = spec_changes(_identity(stored), _identity(current)) if stored is not None else []
+    if changes and not allow_spec_change:
+        shown = "; ".join(changes[:4]) + ("; …" if len(changes) > 4 else "")
+        raise ConfigError(
+            f"study {name!r} exists with another spec ({shown}): give --study-name NEW for a "
+            "new study, or --allow-spec-change to continue this one under the new spec"
+        )
+    if changes:
+        log = study.user_attrs.get(SPEC_CHANGES_ATTR, [])
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        study.set_user_attr(SPEC_CHANGES_ATTR, [*log, {"at": at, "changes": changes}])
+    if stored is None or changes:
+        study.set_user_attr(SPEC_ATTR, current)
         study.set_user_attr(OBJECTIVES_ATTR, spec.objective.names)
-        if spec.baselines.dense:
-            study.enqueue_trial({}, user_attrs={TrialAttr.MODE: DENSE})
-        for fraction in spec.baselines.fixed_rank:
-            attrs = {TrialAttr.MODE: FIXED_RANK, TrialAttr.RANK_FRACTION: fraction}
-            study.enqueue_trial({}, user_attrs=attrs)
-    return study
+    return study  # the baselines are queued by the first claim (oialr.trial_budget)
+
+
+def _identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec as this oialr reads it: fields an older one did not write at their
+    defaults, and ``run`` as the whole run config it builds (an option left out and one set to
+    its default are the same study)."""
+    try:
+        full = StudySpec(**spec).model_dump(mode="json")
+        full["run"] = RunConfig.build(**full["run"]).model_dump(mode="json")
+        return full
+    except Exception:  # a spec this version cannot read: compared as stored
+        return spec
+
+
+# Not part of a study's identity: how long it runs and how it is described.
+_NOT_IDENTITY = ("budget", "description")
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for every field that differs, budget and description aside."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if prefix or k not in _NOT_IDENTITY:
+                out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k, '(unset)')} → {b.get(k, '(unset)')}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]  # fmt: skip
 
 
 def load_study(name: str, storage: RDBStorage | str) -> optuna.Study:
@@ -190,18 +240,25 @@ def load_study(name: str, storage: RDBStorage | str) -> optuna.Study:
 
 # -- the objective -------------------------------------------------------------------------------
 class _TrialRecorder(StoreRecorder):
-    """Store recorder that also reports validation accuracy to Optuna for pruning."""
+    """Store recorder that also reports validation accuracy to Optuna for pruning (``report``)
+    and prunes (``prune``: OIALR trials only; baselines are the reference, always whole)."""
 
-    def __init__(self, store, trial: optuna.Trial, prune: bool, epochs: int):
+    def __init__(self, store, trial: optuna.Trial, report: bool, prune: bool, epochs: int):
         super().__init__(store, study_name=trial.study.study_name, trial_number=trial.number,
                          trial_id=trial._trial_id)  # fmt: skip
-        self.trial, self.prune, self.epochs = trial, prune, epochs
+        self.trial, self.report, self.prune, self.epochs = trial, report, prune, epochs
+
+    def step(self, step, loss, lr, step_time):
+        super().step(step, loss, lr, step_time)
+        signals.raise_if_received()  # one whose raise was swallowed mid-step
 
     def epoch(self, metrics):
         super().epoch(metrics)
-        if self.prune and math.isfinite(metrics["val_acc"]):
+        signals.raise_if_received()
+        if self.report and math.isfinite(metrics["val_acc"]):
             self.trial.report(metrics["val_acc"], metrics["epoch"])
-            if metrics["epoch"] < self.epochs and self.trial.should_prune():  # never a finished run
+            last = metrics["epoch"] >= self.epochs  # never prune a finished run
+            if self.prune and not last and self.trial.should_prune():
                 raise RunPruned(f"pruned at epoch {metrics['epoch']}")
 
 
@@ -226,8 +283,12 @@ class Objective:
     url: str
     interrupts: _Interrupts | None = None
     warmup: WarmupCache | None = None
+    budget: TrialBudget | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        if self.budget is not None:  # the trial is RUNNING now: the other workers count it
+            self.budget.release()
+        signals.raise_if_received()
         if self.interrupts is not None:
             with self.interrupts.trial():
                 return self._run(trial)
@@ -249,8 +310,8 @@ class Objective:
                     cfg = self.spec.run_config(params, mode, seed, fixed_rank=rank)
                     if seed == 0:
                         trial.set_user_attr(TrialAttr.COMMAND, self._command(cfg, params))
-                    prune = self.spec.objective.kind == "accuracy" and seed == 0
-                    recorder = _TrialRecorder(store, trial, prune, cfg.epochs)
+                    report = self.spec.objective.kind == "accuracy" and seed == 0
+                    recorder = _TrialRecorder(store, trial, report, mode == OIALR, cfg.epochs)
                     if loop is None:
                         results.append(fit(cfg, recorder, warmup=self.warmup))
                     else:
@@ -315,7 +376,7 @@ class _Interrupts:
     study, and raise afterwards — so no trial is ever left RUNNING by a signal."""
 
     def __init__(self, study: optuna.Study):
-        self.study, self.in_trial, self.received = study, False, None
+        self.study, self.in_trial = study, False
 
     @contextlib.contextmanager
     def trial(self):
@@ -325,18 +386,16 @@ class _Interrupts:
         finally:
             self.in_trial = False
 
-    def __call__(self, signum, _frame):
-        self.received = signal.Signals(signum).name
+    def __call__(self, signum, frame):
+        name = signals.record(signum)
+        if not signals.safe_to_raise(frame):
+            return  # raised at the next check: the trial's next logged step, or between trials
         if self.in_trial:
-            raise Interrupted(f"stopped by {self.received}")
+            raise Interrupted(f"stopped by {name}")
         try:
             self.study.stop()
-        except RuntimeError:  # not inside optimize yet: nothing to finish
-            raise Interrupted(f"stopped by {self.received}") from None
-
-    def raise_if_received(self) -> None:
-        if self.received:
-            raise Interrupted(f"stopped by {self.received}")
+        except RuntimeError:  # not inside optimize: nothing to finish
+            raise Interrupted(f"stopped by {name}") from None
 
 
 def run_worker(
@@ -349,6 +408,7 @@ def run_worker(
     heartbeat: int = 30,
     callbacks: list[Callable] = (),
     warmup: WarmupCache | None = None,
+    allow_spec_change: bool = False,
 ) -> optuna.Study:
     """Run trials in this process until the study holds ``n_trials`` finished trials, sharing
     their dense warm-up through ``warmup`` when given (:mod:`oialr.warmup`).
@@ -356,49 +416,131 @@ def run_worker(
     SIGINT and SIGTERM end the running trial as FAIL with the reason recorded (Optuna marks it
     on the way out), then raise :class:`Interrupted`; running the command again continues.
     """
+    signals.raise_if_received()  # one that landed while the command started, swallowed
     storage = open_storage(url, heartbeat=heartbeat)
-    study = create_study(spec, storage, study_name)
+    study = create_study(spec, storage, study_name, allow_spec_change=allow_spec_change)
     n_trials = n_trials or spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     interrupts = _Interrupts(study)
     failures = FailureBudget(spec.budget.failures_in_a_row)
-    previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
+    budget = TrialBudget(url, spec, study.study_name, n_trials)
+    objective = Objective(spec, url, interrupts, warmup, budget)
+    reconnects = _Reconnects(storage, url)
+    callbacks = [_log_failure, failures, reconnects, *callbacks]
+    previous = signals.install(interrupts)
     try:
-        for attempt in range(_RECONNECTS + 1):
-            try:
-                if _finished(study) < n_trials:
-                    study.optimize(
-                        Objective(spec, url, interrupts, warmup),
-                        timeout=timeout,
-                        catch=(Exception,),  # a failing trial is recorded FAIL; the study goes on
-                        callbacks=[
-                            MaxTrialsCallback(n_trials, states=FINISHED),
-                            _log_failure,
-                            failures,
-                            *callbacks,
-                        ],
-                        gc_after_trial=True,
-                    )
-                break
-            except (SQLAlchemyError, StorageInternalError, StorageError) as err:
-                # the database went away between trials (a restart, a network cut): wait and go
-                # on; a trial left RUNNING is failed by its stale heartbeat and retried
-                if attempt == _RECONNECTS:
-                    raise StorageError(
-                        f"storage {mask_url(url)} unreachable: {err}".split("\n")[0]
-                    ) from None
-                _logger.warning("storage error (%s); reconnecting in %d s", err, 2**attempt)
-                time.sleep(2**attempt)
+        with _outages_reported_once():
+            while True:
+                try:
+                    _claim_and_run(study, objective, budget, callbacks, deadline,
+                                   stop=lambda: failures.reason is not None or signals.received())  # fmt: skip
+                    break
+                except Exception as err:
+                    budget.release()
+                    if not reconnects.wait(err):  # not the storage: a bug of ours or Optuna's
+                        raise
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    interrupts.raise_if_received()
+        signals.restore(previous)
+        budget.close()
+    signals.raise_if_received()
     if failures.reason is not None:
         raise StudyStopped(
             f"study {study.study_name!r} stopped: {failures.limit} trials in a row failed with "
             f"{failures.reason}"
         )
     return study
+
+
+def _claim_and_run(study, objective, budget, callbacks, deadline, stop) -> None:
+    """One trial at a time, each claimed (:mod:`oialr.trial_budget`), until the budget, the
+    deadline, a signal or ``stop()`` says no."""
+    while not signals.received() and _time_left(deadline) and budget.claim(study):
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(Exception,),  # a failing trial is recorded FAIL; the study goes on
+            callbacks=callbacks,
+            gc_after_trial=True,
+        )
+        budget.release()  # if the trial never started (its ask failed)
+        if stop():
+            return
+
+
+class _Reconnects:
+    """Rides out a storage outage (a restart, a network cut): waits 1, 2, 4, … s between tries,
+    at most ``_RECONNECTS`` in a row; a trial finishing (an Optuna callback) resets the count.
+    The trial the outage cut short is failed and queued again by the next claim."""
+
+    def __init__(self, storage: RDBStorage, url: str):
+        self.storage, self.url, self.lost = storage, url, 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.lost = 0
+
+    def wait(self, err: Exception) -> bool:
+        """False when ``err`` is not the storage's; else wait for it, or raise once it stays
+        gone."""
+        cause = _storage_fault(err, self.storage)
+        if cause is None:
+            return False
+        where = mask_url(self.url)
+        if self.lost == _RECONNECTS:
+            reason = f"{type(cause).__name__}: {cause}".split("\n")[0]
+            raise StorageError(f"storage {where} is unreachable ({reason}); start it again and "
+                               "rerun the same command: the study continues") from None  # fmt: skip
+        if self.lost == 0:  # one line while it waits; the outcome is the next one
+            _logger.warning("storage %s is unreachable (%s): retrying for up to %d s",
+                            where, type(cause).__name__, 2**_RECONNECTS - 1)  # fmt: skip
+        time.sleep(2**self.lost)
+        self.lost += 1
+        return True
+
+
+def _time_left(deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() < deadline
+
+
+def _storage_cause(err: BaseException) -> BaseException | None:
+    """The database error anywhere in ``err``'s chain (Optuna can mask one, e.g. as an
+    ``UnboundLocalError`` raised while it propagates), or None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (SQLAlchemyError, StorageInternalError, StorageError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _storage_fault(err: BaseException, storage: RDBStorage) -> BaseException | None:
+    """The storage's error behind ``err``, or ``err`` itself when the storage does not answer
+    now; None when the storage is not to blame."""
+    if (cause := _storage_cause(err)) is not None:
+        return cause
+    try:
+        with storage.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return None
+    except Exception:
+        return err
+
+
+@contextlib.contextmanager
+def _outages_reported_once():
+    """Optuna's heartbeat thread dies with a traceback when the storage goes away; the worker
+    reports that outage in one line of its own, so the thread's is dropped."""
+    previous = threading.excepthook
+
+    def excepthook(args) -> None:
+        if _storage_cause(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = excepthook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 class FailureBudget:
@@ -433,10 +575,6 @@ def _log_failure(study: optuna.Study, trial: FrozenTrial) -> None:
     if trial.state == TrialState.FAIL:
         reason = trial.user_attrs.get(TrialAttr.FAIL_REASON, "see --verbose")
         _logger.warning("trial %d failed: %s", trial.number, reason)
-
-
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def worker_command(spec_path: str, url: str, study_name: str, n_trials: int | None,

@@ -79,10 +79,16 @@ class RunHandle:
         recorded per layer). ``overrides`` replace the run's OIALR options; pass
         ``steps_per_epoch`` / ``total_steps`` when a duration is in epochs or a fraction. A dense
         baseline gets a controller that does nothing, so one loop serves every trial."""
+        import torch.nn as nn
+
         from .controller import OIALR
+        from .optim_state import resolve_optimizer
         from .train import DenseRun
 
-        if self.mode == DENSE:
+        if self.mode == DENSE:  # checked as an OIALR trial would be: a loop's bug shows at once
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            resolve_optimizer(optimizer, self.config.oialr.optimizer_state)
             self.controller = DenseRun()
             return self.controller
         lengths = {

@@ -28,6 +28,7 @@ FINAL_STATUSES = (COMPLETE, FAILED, PRUNED)
 # -- studies: Optuna attributes ------------------------------------------------------------------
 SPEC_ATTR = "oialr.spec"  # study user attr: the validated spec
 OBJECTIVES_ATTR = "oialr.objectives"  # study user attr: objective names, in Optuna's order
+SPEC_CHANGES_ATTR = "oialr.spec_changes"  # study user attr: changes made with --allow-spec-change
 
 
 class TrialAttr:

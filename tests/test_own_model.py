@@ -208,7 +208,7 @@ def test_the_dashboard_shows_imported_trials_as_built_in_ones(yours, monkeypatch
 
 
 BAD = [
-    ('model = "yours:build"', 'model = "nosuch:build"', "cannot import 'nosuch'"),
+    ('model = "yours:build"', 'model = "nosuch:build"', "'nosuch' is neither a prefix (tv:, timm:) nor a module"),
     ('model = "yours:build"', 'model = "yours:missing"', "'yours' has no 'missing'"),
     ('model = "yours:build"', 'model = "yours:not_callable"', "is a int, not a function"),
     ('model = "yours:build"', 'model = "yours:boom_import"', "has no 'boom_import'"),

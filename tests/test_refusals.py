@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ SPECS = Path(__file__).parent / "specs"
 TRAIN = ["train", "--model", "mlp", "--model-options", "widths=[16]", "--dataset", "synthetic",
          "--epochs", "1", "--device", "cpu"]  # fmt: skip
 STUDY = ["study", "run", "tiny.toml", "--storage", "sqlite:///s.db", "--quiet"]
+SEEDED = [*STUDY, "--set", "run.epochs=1", "--set", "budget.n_trials=3"]  # the study in s.db
 
 
 def replace(argv: list[str], flag: str, value: str) -> list[str]:
@@ -34,10 +36,9 @@ def seeded(tmp_path_factory) -> Path:
     odd files the cases point at."""
     folder = tmp_path_factory.mktemp("seeded")
     (folder / "tiny.toml").write_text((SPECS / "tiny.toml").read_text())
-    argv = [*STUDY, "--set", "run.epochs=1", "--set", "budget.n_trials=3", "--no-warmup-cache"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        assert main(argv) == 0
+        assert main([*SEEDED, "--no-warmup-cache"]) == 0
     for name, table in (("foreign.db", "users"), ("other.db", "t")):
         with sqlite3.connect(folder / name) as conn:
             conn.execute(f"CREATE TABLE {table} (id INTEGER)")
@@ -167,6 +168,43 @@ STUDY_CASES = [
 @pytest.mark.parametrize(("argv", "message"), STUDY_CASES, ids=[m for _, m in STUDY_CASES])
 def test_study_run_refuses_before_writing(argv, message, seeded, tmp_path, capsys, monkeypatch):
     assert_refused(work_copy(seeded, tmp_path, monkeypatch), argv, message, capsys)
+
+
+SPEC_CHANGES = [
+    ([*SEEDED, "--set", "run.epochs=2"], "run.epochs: 1 → 2"),
+    ([*SEEDED, "--set", "run.lr=0.5"], "run.lr: 0.001 → 0.5"),
+    ([*SEEDED, "--set", "search.sigma_cutoff.high=0.9"], "search.sigma_cutoff.high: 0.5 → 0.9"),
+    ([*SEEDED, "--set", "baselines.fixed_rank=[0.5]"], "baselines.fixed_rank: [0.25] → [0.5]"),
+    ([*SEEDED, "--set", "baselines.dense=false"], "baselines.dense: True → False"),
+    ([*SEEDED, "--set", "sampler.seed=2"], "sampler.seed: 1 → 2"),
+    ([*STUDY], "run.epochs: 1 → 3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), SPEC_CHANGES, ids=[m for _, m in SPEC_CHANGES])
+def test_a_study_name_reused_with_another_spec_is_refused_with_the_diff(
+    argv, message, seeded, tmp_path, capsys, monkeypatch
+):
+    assert_refused(work_copy(seeded, tmp_path, monkeypatch), argv, message, capsys)
+
+
+def test_a_spec_change_is_allowed_when_asked_and_recorded(seeded, tmp_path, capsys, monkeypatch):
+    work_copy(seeded, tmp_path, monkeypatch)
+    more = [*SEEDED, "--set", "budget.n_trials=4", "--no-warmup-cache"]
+    assert main(more) == 0, "the budget is not part of a study's identity"
+    changed = [*SEEDED, "--set", "run.epochs=2", "--set", "budget.n_trials=5", "--no-warmup-cache"]
+    capsys.readouterr()
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "--study-name NEW" in err and "--allow-spec-change" in err, err
+    assert main([*changed, "--allow-spec-change"]) == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///s.db")
+    (log,) = study.user_attrs["oialr.spec_changes"]
+    assert log["changes"] == ["run.epochs: 1 → 2"]
+    assert study.user_attrs["oialr.spec"]["run"]["epochs"] == 2
+    assert main(changed) == 0, "the new spec is the study's own now"
+    finished = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 5
 
 
 EXPORT = ["study", "export", "tiny", "--storage", "sqlite:///s.db", "--output"]

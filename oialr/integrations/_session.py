@@ -13,7 +13,7 @@ from ..conversion import unwrap
 from ..errors import ConfigError
 from ..lowrank import factor_modules
 
-__all__ = ["Session"]
+__all__ = ["Session", "SessionCallback"]
 
 
 class Session:
@@ -112,3 +112,28 @@ def _record(storage: str, name: str | None, config: OIALRConfig, labels: dict[st
     from ..tracking import record
 
     return record(storage, name=name or "trainer-run", oialr=config, **labels)
+
+
+class SessionCallback:
+    """The constructor both trainers' ``OIALRCallback`` share (mixed in before the trainer's
+    callback class): :class:`oialr.OIALR`'s arguments, plus ``storage`` (a URL to record the
+    run to) and ``name`` (its name there)."""
+
+    trainer_name = "the trainer"  # for messages
+
+    def __init__(
+        self,
+        delay: float = 1000,
+        update_freq: float = 100,
+        sigma_cutoff: float = 0.1,
+        *,
+        storage: str | None = None,
+        name: str | None = None,
+        **options: Any,
+    ):
+        options = dict(delay=delay, update_freq=update_freq, sigma_cutoff=sigma_cutoff, **options)
+        self.session = Session(options, storage, name, self.trainer_name)
+
+    @property
+    def controller(self) -> OIALR | None:
+        return self.session.controller

@@ -22,33 +22,18 @@ from lightning.pytorch.callbacks import Callback
 
 from ..conversion import rebuild_on_load
 from ..errors import ConfigError
-from ._session import Session
+from ._session import SessionCallback
 
 __all__ = ["OIALRCallback"]
 
 
-class OIALRCallback(Callback):
+class OIALRCallback(SessionCallback, Callback):
     """OIALR for ``lightning.Trainer``; the arguments are :class:`oialr.OIALR`'s, plus
     ``storage`` (a URL to record the run to) and ``name`` (its name there)."""
 
-    def __init__(
-        self,
-        delay: float = 1000,
-        update_freq: float = 100,
-        sigma_cutoff: float = 0.1,
-        *,
-        storage: str | None = None,
-        name: str | None = None,
-        **options: Any,
-    ):
-        options = dict(delay=delay, update_freq=update_freq, sigma_cutoff=sigma_cutoff, **options)
-        self.session = Session(options, storage, name, "Lightning")
-        self._saved: dict | None = None
-        self._last_step = 0
-
-    @property
-    def controller(self):
-        return self.session.controller
+    trainer_name = "Lightning"
+    _saved: dict | None = None  # the state a checkpoint brought, until training starts
+    _last_step = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         rebuild_on_load(pl_module)  # a checkpoint's factorised weights find their layers

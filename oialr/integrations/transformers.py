@@ -18,39 +18,23 @@ It raises if it never steps, or if ``delay`` is past the end of training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from ..conversion import rebuild_on_load
-from ._session import Session
+from ._session import SessionCallback
 
 __all__ = ["OIALRCallback", "STATE_FILE"]
 
 STATE_FILE = "oialr.pt"  # the controller's state, in each checkpoint-<step> folder
 
 
-class OIALRCallback(TrainerCallback):
+class OIALRCallback(SessionCallback, TrainerCallback):
     """OIALR for ``transformers.Trainer``; the arguments are :class:`oialr.OIALR`'s, plus
     ``storage`` (a URL to record the run to) and ``name`` (its name there)."""
 
-    def __init__(
-        self,
-        delay: float = 1000,
-        update_freq: float = 100,
-        sigma_cutoff: float = 0.1,
-        *,
-        storage: str | None = None,
-        name: str | None = None,
-        **options: Any,
-    ):
-        options = dict(delay=delay, update_freq=update_freq, sigma_cutoff=sigma_cutoff, **options)
-        self.session = Session(options, storage, name, "the Trainer")
-
-    @property
-    def controller(self):
-        return self.session.controller
+    trainer_name = "the Trainer"
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         rebuild_on_load(model)  # a resumed checkpoint's factorised weights find their layers
