@@ -18,8 +18,10 @@ from sqlalchemy.engine import Engine
 
 from .errors import StorageError
 from .metrics_schema import (
+    ADDED_COLUMNS,
     METRICS_TABLES,
     as_utc,
+    decode_spectrum,
     from_json,
     layers_table,
     runs_table,
@@ -30,26 +32,50 @@ __all__ = ["MetricsReader", "TABLES"]
 
 TABLES: dict[str, sa.Table] = {t.name.removeprefix("oialr_"): t for t in METRICS_TABLES}
 _TIMES = ("started_at", "updated_at", "finished_at")
-_BULKY = {"config", "result", "sigma"}  # read only when asked for
-
-
-def _columns(table: sa.Table, bulky: bool) -> list[sa.Column]:
-    return [c for c in table.columns if bulky or c.name not in _BULKY]
+_BULKY = {"config", "result", "sigma", "spectrum"}  # read only when asked for
+# Columns a database written by an older oialr may lack, per table.
+_LATER: dict[str, set[str]] = {}
+for _column in (c for added in ADDED_COLUMNS.values() for c in added):
+    _LATER.setdefault(_column.table.name, set()).add(_column.name)
 
 
 class MetricsReader:
-    """Reads the ``oialr_*`` tables of one database."""
+    """Reads the ``oialr_*`` tables of one database.
+
+    A database written by an older oialr may lack columns later schemas added (until a store
+    opens it and adds them): those read as missing values, and ``sigma`` falls back to the
+    older JSON column.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._absent: dict[str, set[str]] = {}  # table -> later columns it does not have
+
+    def _columns(self, table: sa.Table, bulky: bool = True) -> list[sa.Column]:
+        """The table's columns this database has (bulky ones only if asked for)."""
+        if table.name in _LATER and table.name not in self._absent:
+            with self.engine.connect() as conn:
+                present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+            self._absent[table.name] = _LATER[table.name] - present
+        absent = self._absent.get(table.name, set())
+        return [
+            c for c in table.columns if c.name not in absent and (bulky or c.name not in _BULKY)
+        ]
 
     def frame(self, stmt: sa.Select) -> pd.DataFrame:
-        """One query's rows as a DataFrame, JSON columns decoded, times UTC-aware."""
+        """One query's rows as a DataFrame, JSON columns decoded, times UTC-aware, and the
+        float32 ``spectrum`` decoded into ``sigma`` (a list of floats, largest first)."""
         with self.engine.connect() as conn:
             result = conn.execute(stmt)
             frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
         for column in frame.columns.intersection(["config", "result", "sigma"]):
             frame[column] = [from_json(text) for text in frame[column]]
+        if "spectrum" in frame:
+            legacy = frame["sigma"] if "sigma" in frame else [None] * len(frame)
+            frame["sigma"] = [
+                decode_spectrum(blob) if blob is not None else old
+                for blob, old in zip(frame.pop("spectrum").astype(object), legacy)
+            ]
         for column in frame.columns.intersection(_TIMES):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
@@ -57,7 +83,7 @@ class MetricsReader:
     # -- runs ------------------------------------------------------------------------------------
     def runs(self, *, study_name: str | None = None, full: bool = True) -> pd.DataFrame:
         """All runs (or those of one study), oldest first; ``full`` adds config and result."""
-        stmt = sa.select(*_columns(runs_table, full)).order_by(runs_table.c.id)
+        stmt = sa.select(*self._columns(runs_table, full)).order_by(runs_table.c.id)
         if study_name is not None:
             stmt = stmt.where(runs_table.c.study_name == study_name)
         return self.frame(stmt)
@@ -70,7 +96,7 @@ class MetricsReader:
             .group_by(runs_table.c.trial_number)
         )
         stmt = (
-            sa.select(*_columns(runs_table, full))
+            sa.select(*self._columns(runs_table, full))
             .where(runs_table.c.id.in_(latest))
             .order_by(runs_table.c.trial_number)
         )
@@ -82,7 +108,7 @@ class MetricsReader:
         Raises:
             StorageError: no run has this id.
         """
-        stmt = sa.select(*_columns(runs_table, full)).where(runs_table.c.id == int(run_id))
+        stmt = sa.select(*self._columns(runs_table, full)).where(runs_table.c.id == int(run_id))
         with self.engine.connect() as conn:
             row = conn.execute(stmt).first()
         if row is None:
@@ -109,13 +135,13 @@ class MetricsReader:
         in id order; with ``limit``, only the newest ``limit`` of them."""
         t = TABLES[table]
         stmt = (
-            sa.select(*_columns(t, bulky))
+            sa.select(*self._columns(t, bulky))
             .where(t.c.run_id == int(run_id), t.c.id > int(after_id))
             .order_by(t.c.id.desc())
         )
         if limit is not None:
             stmt = stmt.limit(int(limit))
-        return self.frame(stmt).iloc[::-1].reset_index(drop=True)
+        return self._uniform(self.frame(stmt), t, bulky).iloc[::-1].reset_index(drop=True)
 
     def epochs_of_runs(self, run_ids: Sequence[int]) -> pd.DataFrame:
         """Epoch rows of several runs at once (for side-by-side comparison)."""
@@ -124,22 +150,28 @@ class MetricsReader:
         return self.frame(sa.select(t).where(t.c.run_id.in_(ids)).order_by(t.c.run_id, t.c.id))
 
     def layer_record(self, row_id: int) -> dict[str, Any] | None:
-        """One per-layer record, with the singular values of Σ (largest first)."""
-        frame = self.frame(sa.select(layers_table).where(layers_table.c.id == int(row_id)))
-        return None if frame.empty else frame.iloc[0].to_dict()
+        """One per-layer record, with Σ's whole spectrum in ``sigma`` (largest first)."""
+        lt = layers_table
+        frame = self.frame(sa.select(*self._columns(lt)).where(lt.c.id == int(row_id)))
+        return None if frame.empty else self._uniform(frame, lt).iloc[0].to_dict()
 
     def layer_summary(self, run_id: int) -> pd.DataFrame:
-        """Per layer of a run: full rank, final rank and fraction, parameters, the last recorded
-        spectrum, stability (mean over updates, last warm-up value) and the conversion step."""
+        """Per layer of a run: its kind and shape, full rank, final rank and fraction,
+        parameters, the last recorded spectrum with its cutoff, effective and stable rank,
+        stability (mean over updates, last warm-up value) and the conversion step."""
         lt, st_ = layers_table, stability_table
         run = int(run_id)
         last = sa.select(sa.func.max(lt.c.id)).where(lt.c.run_id == run).group_by(lt.c.layer)
-        latest = self.frame(
-            sa.select(
-                lt.c.layer, lt.c.n.label("full_rank"), lt.c.rank_after.label("rank"),
-                lt.c.rank_fraction, lt.c.trainable, lt.c.stored, lt.c.cutoff, lt.c.sigma, lt.c.step,
-            ).where(lt.c.id.in_(last))
-        )  # fmt: skip
+        wanted = ["id", "layer", "kind", "rows", "cols", "n", "rank_after", "rank_fraction",
+                  "trainable", "stored", "cutoff", "effective_rank", "stable_rank", "sigma",
+                  "spectrum", "step"]  # fmt: skip
+        have = {c.name: c for c in self._columns(lt)}
+        latest = self._uniform(
+            self.frame(
+                sa.select(*(have[name] for name in wanted if name in have)).where(lt.c.id.in_(last))
+            ),
+            lt,
+        ).rename(columns={"n": "full_rank", "rank_after": "rank"})
         stats = self.frame(
             sa.select(
                 lt.c.layer, sa.func.avg(lt.c.stability).label("mean_stability"),
@@ -155,7 +187,27 @@ class MetricsReader:
             )
         )
         out = latest.merge(stats, on="layer", how="left").merge(warm, on="layer", how="left")
+        out = out[[c for c in wanted if c in out] + [c for c in out if c not in wanted]]
         return out.sort_values("layer", key=_model_order).reset_index(drop=True)
+
+    def layer_history(self, run_ids: Sequence[int]) -> pd.DataFrame:
+        """Every convert/update record of several runs, without spectra: rank trajectories
+        (and kind, shape, effective and stable rank) per run and layer, in step order."""
+        lt = layers_table
+        ids = [int(r) for r in run_ids]
+        stmt = (
+            sa.select(*self._columns(lt, bulky=False))
+            .where(lt.c.run_id.in_(ids))
+            .order_by(lt.c.run_id, lt.c.id)
+        )
+        return self._uniform(self.frame(stmt), lt, bulky=False)
+
+    def _uniform(self, frame: pd.DataFrame, table: sa.Table, bulky: bool = True) -> pd.DataFrame:
+        """Adds, as missing values, the later columns an older database does not have yet."""
+        for name in sorted(self._absent.get(table.name, ())):
+            if (bulky or name not in _BULKY) and name != "spectrum":
+                frame[name] = None
+        return frame
 
 
 def _model_order(names: pd.Series) -> pd.Series:
