@@ -7,8 +7,9 @@ writes them, :mod:`oialr.metrics_reader` reads them; both work from the Table ob
 
 from __future__ import annotations
 
+import array
 import json
-import struct
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -302,16 +303,21 @@ def encode_spectrum(values: Any) -> bytes:
     >>> decode_spectrum(encode_spectrum([3.0, 0.5]))
     [3.0, 0.5]
     """
-    values = [float(v) for v in values]
-    return struct.pack(f"<{len(values)}f", *values)
+    packed = array.array("f", values)  # C speed for lists and numpy arrays alike
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
 
 
 def decode_spectrum(blob: Any) -> list[float] | None:
     """The values :func:`encode_spectrum` stored; None for a missing spectrum."""
     if blob is None or isinstance(blob, float):  # NULL (NaN in a pandas column)
         return None
-    blob = bytes(blob)  # PostgreSQL's driver hands back a memoryview
-    return list(struct.unpack(f"<{len(blob) // 4}f", blob))
+    packed = array.array("f")
+    packed.frombytes(bytes(blob))  # bytes(): PostgreSQL's driver hands back a memoryview
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()
 
 
 def from_json(text: Any) -> Any:
