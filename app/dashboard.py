@@ -1,7 +1,6 @@
-"""OIALR Studio: `streamlit run app -- --storage URL` (else $OIALR_STORAGE, else sqlite:///oialr.db).
-
-Routes to the pages in app_pages/ and draws the shared study selector; pages read the storage
-URL and the chosen study from ``st.session_state["ctx"]``.
+"""OIALR Studio's script (served by ``app/streamlit_app.py``; ``streamlit run app/dashboard.py``
+runs it without compression): routes to the pages in app_pages/ and draws the shared study
+selector; pages read the storage URL and the chosen study from ``st.session_state["ctx"]``.
 """
 
 import os

@@ -172,7 +172,10 @@ def engine(url: str) -> Engine:
     return open_engine(url)
 
 
+@st.cache_resource(ttl=60, show_spinner=False)
 def reader(url: str) -> MetricsReader:
+    """The metrics reader of a storage; renewed every minute, so columns a newer worker adds
+    to an older database are read soon after (the reader remembers which ones exist)."""
     return MetricsReader(engine(url))
 
 
@@ -200,6 +203,12 @@ def _trials(url: str, study_id: int, token: tuple) -> StudyTrials:
     return load_study_trials(engine(url), study_id)
 
 
+def revision(url: str, study_id: int) -> tuple:
+    """The study's fingerprint (checked every 2 s): caches keyed by it are reused until a
+    trial is added, finishes or records its results."""
+    return _token(url, study_id)
+
+
 def trials(url: str, study_id: int) -> StudyTrials:
     """A study's trials, re-read only when its fingerprint changes (checked every 2 s)."""
     return _trials(url, study_id, _token(url, study_id))
@@ -213,6 +222,12 @@ def importances(url: str, study_id: int, evaluator: str) -> pd.DataFrame:
 @st.cache_data(ttl=600, max_entries=32, show_spinner="Computing importances…")
 def _importances(url: str, study_id: int, evaluator: str, token: tuple) -> pd.DataFrame:
     return param_importances(trials(url, study_id), evaluator)
+
+
+def studies_index(url: str) -> dict[str, int]:
+    """Study name → id."""
+    frame = studies(url)
+    return dict(zip(frame["study"], frame["study_id"].astype(int)))
 
 
 @st.cache_data(ttl=2, show_spinner=False)
@@ -277,6 +292,12 @@ def layers_of_run(url: str, run_id: int) -> pd.DataFrame:
 @st.cache_data(ttl=5, show_spinner=False)
 def epochs(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
     return reader(url).epochs_of_runs(run_ids if status(url).has_metrics else ())
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def layer_history(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
+    """Every layer record of the runs, without spectra (rank trajectories to compare)."""
+    return reader(url).layer_history(run_ids if status(url).has_metrics else ())
 
 
 def trial_runs(trials: StudyTrials, runs: pd.DataFrame) -> pd.Series:

@@ -295,9 +295,7 @@ def page_pareto(engine, page: Page) -> None:
     params = [queries.PARAM_PREFIX + p for p in trials.params]
     page.figure(
         "pareto", charts.pareto_figure, [("scale", done, params)], color=params[0], show_test=True
-    )
-    space = [queries.PARAM_PREFIX + p for p in ("delay", "update_freq", "sigma_cutoff")]
-    page.figure("space", charts.space_figure, done, space, log_axes=(True, True, True))
+    )  # the 3-D view is drawn on demand only
 
 
 def page_parameters(engine, page: Page) -> None:
@@ -325,11 +323,19 @@ def page_trial(engine, page: Page) -> None:
     run_ids = queries.trial_runs(trials, runs)
     done = trials.frame[trials.frame["state"] == "COMPLETE"]
     best = int(done.loc[done["val_acc"].idxmax(), "number"])
-    layers = page.query(reader.layer_summary, int(run_ids[best]))
-    page.figure("spectra", charts.spectra_figure, layers)
-    chosen = [int(run_ids[n]) for n in (best, 3, 4)]
+    page.query(reader.layer_summary, int(run_ids[best]))
+    history = page.query(reader.layer_history, [int(run_ids[best])])
+    row = page.query(reader.layer_record, int(history["id"].iloc[-1]))
+    page.figure(
+        "spectrum", charts.spectrum_figure, row["sigma"], cutoff=row["cutoff"],
+        rank=row["rank_after"], title="Σ",
+    )  # fmt: skip
+    page.figure("rank_measures", charts.rank_measures_figure, history)
+    chosen = [int(run_ids[n]) for n in (best, 1, 2)]  # against the fixed-rank baselines
     epochs = page.query(reader.epochs_of_runs, chosen)
     page.figure("compare", charts.compare_figure, epochs, {r: str(r) for r in chosen})
+    together = page.query(reader.layer_history, chosen)
+    page.figure("rank_compare", charts.rank_compare_figure, together, {r: str(r) for r in chosen})
 
 
 def page_live(engine, page: Page, run_id: int) -> dict:
@@ -355,6 +361,7 @@ def page_live(engine, page: Page, run_id: int) -> dict:
     page.figure("rank_heatmap", charts.rank_heatmap, layers)
     page.figure("rank_lines", charts.rank_lines, layers)
     page.figure("stability", charts.stability_figure, warmup, layers, conversion_step=conversion)
+    page.figure("rank_measures", charts.rank_measures_figure, layers)
     row = page.query(reader.layer_record, int(layers["id"].iloc[-1]))
     page.figure(
         "spectrum",

@@ -160,8 +160,9 @@ def test_page_draws_its_charts_without_errors(
 
 def test_clicking_a_pareto_point_opens_its_trial(server, browser_page):
     _open(browser_page, server + "/pareto", "Pareto")
-    # The dense baseline is drawn as SVG (the trial cloud is WebGL): click its star.
-    star = browser_page.locator(".js-plotly-plot .scatterlayer .trace path.point").first
+    # Traces in order: the OIALR trials, then the dense baseline: click its star.
+    star = browser_page.locator(".js-plotly-plot .scatterlayer .trace:nth-of-type(2) path.point")
+    star = star.first
     box = star.bounding_box()
     browser_page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     browser_page.wait_for_url("**/trial?trial=0*", timeout=60_000)

@@ -24,7 +24,7 @@ from oialr.metrics_reader import MetricsReader
 from oialr.metrics_store import MetricsStore
 from oialr.vocab import DEFAULT_STORAGE
 
-APP = str(REPO / "app" / "streamlit_app.py")
+APP = str(REPO / "app" / "dashboard.py")
 PAGES = {
     "studies": "app_pages/studies.py",
     "live": "app_pages/live.py",
@@ -76,7 +76,7 @@ def texts(at: AppTest) -> str:
 
 @pytest.mark.parametrize(
     ("page", "min_charts"),
-    [("studies", 1), ("live", 6), ("pareto", 2), ("parameters", 4), ("trial", 2)],
+    [("studies", 1), ("live", 7), ("pareto", 1), ("parameters", 4), ("trial", 4)],
 )
 def test_every_page_renders_the_study(monkeypatch, dbs, page, min_charts):
     at = run_page(monkeypatch, dbs["study"], page)
@@ -144,9 +144,15 @@ def test_a_single_objective_study_without_metrics_renders(monkeypatch, dbs, page
     if page in ("pareto", "parameters"):
         assert at.get("plotly_chart")
     if page == "parameters":
-        parcoords = next(c for c in charts_of(at) if c["data"][0]["type"] == "parcoords")
-        optimizer = next(d for d in parcoords["data"][0]["dimensions"] if d["label"] == "optimizer")
-        assert optimizer["ticktext"] == ["sgd", "adamw"]  # categorical choices, not indices
+        parallel = next(
+            c for c in charts_of(at) if c["layout"]["title"]["text"] == "parallel coordinates"
+        )
+        axes = parallel["layout"]["xaxis"]["ticktext"]
+        assert "optimizer" in axes
+        ticks = [
+            t for trace in parallel["data"] if trace.get("mode") == "text" for t in trace["text"]
+        ]
+        assert {"sgd", "adamw"} <= set(ticks)  # categorical choices, not indices
 
 
 def test_password_is_masked_wherever_the_url_is_shown(monkeypatch):
@@ -165,11 +171,26 @@ def test_trial_page_opens_the_trial_in_the_url(monkeypatch, dbs):
     command = at.code[0].value  # what the worker recorded: it reproduces the trial
     assert command.startswith("oialr train --model mlp") and "--mode oialr" in command
     layers = at.dataframe[1].value
-    assert {"layer", "full_rank", "rank", "rank_fraction", "mean_stability"} <= set(layers)
+    assert {"layer", "kind", "shape", "full_rank", "rank", "rank_fraction"} <= set(layers)
+    assert {"effective_rank", "stable_rank", "mean_stability"} <= set(layers)
+    # The tiny MLP (widths 64, 64 on 64 features): full module names, weight shapes, true ranks.
+    assert layers["layer"].tolist() == ["1", "3"]
+    assert layers["kind"].tolist() == ["Linear", "Linear"]
+    assert layers["shape"].tolist() == ["64 × 64", "64 × 64"]
+    assert layers["full_rank"].tolist() == [64, 64]
     assert (layers["rank"] <= layers["full_rank"]).all()
     at.multiselect(key="compare").set_value([0, 1]).run()
-    comparison = charts_of(at)[-1]
-    assert len(comparison["data"]) == 6  # val acc + fraction for 3 runs
+    figures = {c["layout"]["title"]["text"]: c for c in charts_of(at)}
+    assert len(figures["comparison"]["data"]) == 6  # val acc + fraction for 3 runs
+    ranks = figures["rank per layer, compared"]
+    # one panel per layer, one line per run with layer records (the dense trial 0 has none)
+    assert [a["text"] for a in ranks["layout"]["annotations"]] == [
+        "1 · Linear 64×64",
+        "3 · Linear 64×64",
+    ]
+    assert {t["name"] for t in ranks["data"]} == {"3 · oialr · complete", "1 · oialr · complete"}
+    table = at.dataframe[-1].value
+    assert all(len(cell) <= 10 for cell in table.loc["val_acc"])  # formatted, not 0.8537...
 
 
 def test_pareto_page_options_come_from_the_url(monkeypatch, dbs):
@@ -190,9 +211,22 @@ def test_parameters_page_filters_set_constraint_ranges(monkeypatch, dbs):
     lo, hi = slider.value
     slider.set_value((lo, (lo + hi) / 2)).run()
     assert not at.exception
-    parcoords = next(c for c in charts_of(at) if c["data"][0]["type"] == "parcoords")
-    delay = next(d for d in parcoords["data"][0]["dimensions"] if d["label"] == "delay")
-    assert delay["constraintrange"] == [lo, (lo + hi) / 2]
+    parallel = next(
+        c for c in charts_of(at) if c["layout"]["title"]["text"] == "parallel coordinates"
+    )
+    band = next(s for s in parallel["layout"]["shapes"] if s.get("name") == "filter delay")
+    assert (band["y0"], band["y1"]) == (0.0, pytest.approx(0.5))  # the lower half of its axis
+    engine = queries.open_engine(dbs["study"])
+    tiny = int(optuna_reads.list_studies(engine).set_index("study").loc["tiny", "study_id"])
+    frame = optuna_reads.load_study_trials(engine, tiny).frame
+    engine.dispose()
+    delays = frame.loc[(frame["state"] == "COMPLETE") & frame["mode"].eq("oialr"), "params_delay"]
+    inside = int(delays.between(lo, (lo + hi) / 2).sum())
+    # The caption counts the trials inside; the chart draws the others in grey.
+    assert parallel["layout"]["meta"]["inside"] == inside
+    assert f"{inside} of {len(delays)} complete trials inside the filters." in texts(at)
+    grey = [t for t in parallel["data"] if t.get("name") == "outside the filters"]
+    assert len(grey) == (inside < len(delays))
     if "fanova" in queries.EVALUATORS:  # needs scikit-learn
         at.radio(key="evaluator").set_value("fanova").run()
         assert not at.exception
@@ -224,9 +258,9 @@ def test_live_page_reads_only_new_rows(monkeypatch, dbs, tmp_path):
     assert window["after"]["steps"] > seen
     assert window["frames"]["steps"]["step"].iloc[-1] == 109
 
-    at.selectbox(key="spectrum_layer").set_value("3").run()
+    at.selectbox(key="live_layer").set_value("3").run()
     assert not at.exception
-    assert any("Σ of layer 3" in c["layout"]["title"]["text"] for c in charts_of(at))
+    assert any("Σ of 3 · Linear 64×64" in c["layout"]["title"]["text"] for c in charts_of(at))
 
 
 def test_the_app_only_reads(monkeypatch, dbs):

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import charts, queries
+from app import charts, layer_ui, queries
 
 ctx = st.session_state["ctx"]
 url = ctx["url"]
@@ -51,28 +51,14 @@ def live_view() -> None:
     if len(layers):
         left.plotly_chart(charts.rank_heatmap(layers), key="rank_heatmap")
         right.plotly_chart(charts.rank_lines(layers), key="rank_lines")
+    left, right = st.columns(2)
     left.plotly_chart(
         charts.stability_figure(warmup, layers, conversion_step=conversion), key="stability"
     )
     if len(layers):
         with right:
-            spectrum_ui(layers)
-
-
-def spectrum_ui(layers) -> None:
-    """Σ's singular values for a chosen layer and update; by default the layer cut the most."""
-    last = layers.groupby("layer")["rank_fraction"].last()
-    names = sorted(last.index, key=charts.layer_key)
-    layer = st.selectbox("Layer", names, index=names.index(last.idxmin()), key="spectrum_layer")
-    rows = layers[layers["layer"] == layer]
-    step = st.select_slider("Update at step", rows["step"].tolist(), value=rows["step"].iloc[-1])
-    row = queries.layer_record(url, int(rows.loc[rows["step"] == step, "id"].iloc[-1]))
-    if row and row["sigma"]:
-        title = f"Σ of layer {layer} at step {step} ({row['event']})"
-        fig = charts.spectrum_figure(
-            row["sigma"], cutoff=row["cutoff"], rank=row["rank_after"], title=title
-        )
-        st.plotly_chart(fig, key="spectrum")
+            layer_ui.rank_measures_ui(layers, key="rank_measures")
+        layer_ui.spectrum_ui(url, layers, key="live")
 
 
 def _after() -> dict[str, int]:

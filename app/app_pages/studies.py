@@ -1,4 +1,4 @@
-"""Studies: every study in the storage, its trials by state and its best results."""
+"""Studies: every study in the storage, its trials by state, its pace and its best results."""
 
 import streamlit as st
 
@@ -18,9 +18,11 @@ def _pick() -> None:
 
 st.title("Studies")
 st.caption(
-    "Click a row to select its study. *Smallest fraction ≤1 pt* is the smallest trainable "
-    "fraction among trials within one accuracy point of the study's dense baseline."
+    "Click a row to select its study. *Trials per hour*: finished trials over the study's wall "
+    "clock, all workers together. *Smallest fraction ≤1 pt*: the smallest trainable fraction "
+    "among trials within one accuracy point of the study's dense baseline."
 )
+count = st.column_config.NumberColumn
 st.dataframe(
     summary.drop(columns=["study_id"]),
     key="studies_table",
@@ -28,12 +30,13 @@ st.dataframe(
     selection_mode="single-row",
     hide_index=True,
     column_config={
-        "RUNNING": st.column_config.NumberColumn("running now"),
-        "best_val_acc": st.column_config.NumberColumn("best val acc", format="%.4f"),
-        "dense_val_acc": st.column_config.NumberColumn("dense val acc", format="%.4f"),
-        "min_fraction_within_1pt": st.column_config.NumberColumn(
-            "smallest fraction ≤1 pt", format="%.3f"
-        ),
+        **{s: count(s.lower(), format="%d") for s in ("COMPLETE", "PRUNED", "FAIL", "WAITING")},
+        "RUNNING": count("running now", format="%d"),
+        "trials": count("trials", format="%d"),
+        "trials_per_hour": count("trials per hour", format="%.1f"),
+        "best_val_acc": count("best val acc", format="%.4f"),
+        "dense_val_acc": count("dense val acc", format="%.4f"),
+        "min_fraction_within_1pt": count("smallest fraction ≤1 pt", format="%.3f"),
         "last_activity": st.column_config.DatetimeColumn("last activity", format="distance"),
     },
 )
