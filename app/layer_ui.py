@@ -52,9 +52,10 @@ def spectrum_ui(url: str, layers: pd.DataFrame, key: str) -> None:
 
 
 def rank_measures_ui(layers: pd.DataFrame, key: str) -> None:
-    """Effective and stable rank per layer over the updates (absent from older records)."""
+    """Kept, effective and stable rank per layer over the updates."""
     records = layers[layers["event"] != "stability"] if "event" in layers else layers
-    if "effective_rank" not in records or records["effective_rank"].isna().all():
-        st.caption("No effective or stable rank recorded (a run from an older oialr).")
+    if records.empty:
         return
     st.plotly_chart(charts.rank_measures_figure(records), key=key)
+    if "effective_rank" not in records or records["effective_rank"].isna().all():
+        st.caption("No effective or stable rank in these records (an oialr before schema 2).")

@@ -81,24 +81,31 @@ def _frame(engine: Engine, sql: str, **params: Any) -> pd.DataFrame:
 
 def _decode(values: pd.Series) -> list[Any]:
     """JSON texts to Python values. Most user attrs are numbers, whose JSON text is also valid
-    float text: those take a vectorised path and only the rest go through ``json.loads``."""
+    float text (a vectorised path), or plain strings such as ``"oialr"`` (unquoted directly);
+    only the rest (escapes, lists, objects, booleans) go through ``json.loads``."""
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     out = numbers.astype(object)
     texts = values.to_numpy(dtype=object)
     for i in np.flatnonzero(np.isnan(numbers)):
-        out[i] = json.loads(texts[i]) if isinstance(texts[i], str) else None
+        text = texts[i]
+        if not isinstance(text, str):
+            out[i] = None
+        elif len(text) > 1 and text[0] == text[-1] == '"' and "\\" not in text:
+            out[i] = text[1:-1]  # a plain JSON string: what json.loads would return
+        else:
+            out[i] = json.loads(text)
     return out.tolist()
 
 
 def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
     """Object columns that hold only numbers (and gaps) become float columns."""
     for column in frame.columns:
-        if frame[column].dtype == object:
-            values = frame[column].dropna()
-            if len(values) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-            ):
-                frame[column] = frame[column].astype(float)
+        values = frame[column]
+        if values.dtype != object or not values.notna().any():
+            continue
+        kinds = values.dropna().map(type)
+        if kinds.isin([int, float]).all():  # bool is a type of its own: never converted
+            frame[column] = values.astype(float)
     return frame
 
 
@@ -264,6 +271,29 @@ def study_token(engine: Engine, study_id: int) -> tuple:
             {"sid": study_id},
         ).one()
     return tuple(str(v) for v in row)
+
+
+def study_outline(engine: Engine, study_id: int) -> dict[str, Any]:
+    """What a study is, without reading its trials: objectives and directions, searched
+    parameters, and the failed trials with their reasons (the Studies page's summary)."""
+    objectives, directions = _objectives(engine, [study_id]).get(study_id, ([], []))
+    params = _frame(
+        engine,
+        "SELECT DISTINCT p.param_name FROM trial_params p JOIN trials t "
+        "ON t.trial_id = p.trial_id WHERE t.study_id = :sid ORDER BY p.param_name",
+        sid=study_id,
+    )
+    failed = _frame(
+        engine,
+        "SELECT t.number, a.value_json FROM trials t LEFT JOIN trial_user_attributes a "
+        "ON a.trial_id = t.trial_id AND a.key = :key "
+        "WHERE t.study_id = :sid AND t.state = 'FAIL' ORDER BY t.number",
+        sid=study_id,
+        key=TrialAttr.FAIL_REASON,
+    )
+    failed[TrialAttr.FAIL_REASON] = _decode(failed.pop("value_json"))
+    return {"objectives": objectives, "directions": directions,
+            "params": params["param_name"].tolist(), "failed": failed}  # fmt: skip
 
 
 def load_study_trials(engine: Engine, study_id: int) -> StudyTrials:

@@ -30,6 +30,7 @@ from app.optuna_reads import (
     list_studies,
     load_study_trials,
     param_importances,
+    study_outline,
     study_token,
 )
 from oialr.metrics_reader import MetricsReader
@@ -201,6 +202,16 @@ def _token(url: str, study_id: int) -> tuple:
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
 def _trials(url: str, study_id: int, token: tuple) -> StudyTrials:
     return load_study_trials(engine(url), study_id)
+
+
+def outline(url: str, study_id: int) -> dict[str, Any]:
+    """Objectives, parameters and failures of a study, without reading all its trials."""
+    return _outline(url, study_id, _token(url, study_id))
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def _outline(url: str, study_id: int, token: tuple) -> dict[str, Any]:
+    return study_outline(engine(url), study_id)
 
 
 def revision(url: str, study_id: int) -> tuple:

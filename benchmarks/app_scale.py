@@ -359,7 +359,6 @@ def page_live(engine, page: Page, run_id: int) -> dict:
     )
     page.figure("fractions", charts.fraction_figure, epochs)
     page.figure("rank_heatmap", charts.rank_heatmap, layers)
-    page.figure("rank_lines", charts.rank_lines, layers)
     page.figure("stability", charts.stability_figure, warmup, layers, conversion_step=conversion)
     page.figure("rank_measures", charts.rank_measures_figure, layers)
     row = page.query(reader.layer_record, int(layers["id"].iloc[-1]))

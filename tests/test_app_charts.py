@@ -395,10 +395,11 @@ def test_rank_heatmap_caps_its_columns():
     assert np.asarray(fig.data[0].z).shape[1] <= charts.MAX_HEATMAP_COLUMNS + 1
 
 
-def test_rank_lines_one_trace_per_layer():
-    fig = charts.rank_lines(_layers())
-    assert [t.name for t in fig.data] == ["0", "5", "10"]
-    assert list(fig.data[0].y) == [64, 56, 48, 40]
+def test_rank_measures_figure_draws_the_kept_rank_of_each_layer():
+    fig = charts.rank_measures_figure(_layers())  # older records: no effective or stable rank
+    kept = [t for t in fig.data if t.line.dash == "solid" and t.xaxis == "x"]
+    assert [t.name for t in kept] == ["0", "5", "10"] and len(fig.data) == 3
+    assert list(kept[0].y) == [64, 56, 48, 40] and kept[0].line.shape == "hv"
 
 
 def test_stability_figure_splits_warmup_and_low_rank_phases():
@@ -458,7 +459,8 @@ NAMED = ["0 · Linear 64×784", "5 · Conv2d 16×150", "10 · MHA in-proj 96×32
 def test_layer_charts_name_every_layer_with_its_kind_and_shape():
     layers = _named(_layers())
     assert list(charts.rank_heatmap(layers).data[0].y) == NAMED
-    assert [t.name for t in charts.rank_lines(layers).data] == NAMED
+    kept = [t for t in charts.rank_measures_figure(layers).data if t.showlegend]
+    assert [t.name for t in kept] == NAMED
     warmup = pd.DataFrame({"step": [20, 40], "layer": ["0", "0"], "stability": [0.5, 0.8]})
     names = [t.name for t in charts.stability_figure(warmup, layers).data]
     assert names[:2] == [f"{NAMED[0]} (warm-up)", f"{NAMED[0]} (low-rank)"]
@@ -470,7 +472,7 @@ def test_rank_measures_figure_draws_effective_and_stable_rank_per_layer():
     layers["effective_rank"] = layers["rank_after"] * 0.8
     layers["stable_rank"] = layers["rank_after"] * 0.3
     fig = charts.rank_measures_figure(layers)
-    effective = [t for t in fig.data if t.xaxis == "x" and t.line.dash == "solid"]
+    effective = [t for t in fig.data if t.xaxis == "x" and t.line.dash == "dash"]
     stable = [t for t in fig.data if t.xaxis == "x2"]
     assert [t.name for t in effective] == NAMED and [t.name for t in stable] == NAMED
     assert list(effective[0].y) == pytest.approx([51.2, 44.8, 38.4, 32.0])

@@ -50,15 +50,15 @@ def live_view() -> None:
     left, right = st.columns(2)
     if len(layers):
         left.plotly_chart(charts.rank_heatmap(layers), key="rank_heatmap")
-        right.plotly_chart(charts.rank_lines(layers), key="rank_lines")
+        with right:
+            layer_ui.rank_measures_ui(layers, key="rank_measures")
     left, right = st.columns(2)
     left.plotly_chart(
         charts.stability_figure(warmup, layers, conversion_step=conversion), key="stability"
     )
     if len(layers):
         with right:
-            layer_ui.rank_measures_ui(layers, key="rank_measures")
-        layer_ui.spectrum_ui(url, layers, key="live")
+            layer_ui.spectrum_ui(url, layers, key="live")
 
 
 def _after() -> dict[str, int]:

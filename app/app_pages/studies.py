@@ -42,13 +42,13 @@ st.dataframe(
 )
 st.plotly_chart(charts.states_figure(summary), key="states")
 
-trials = queries.trials(ctx["url"], ctx["study_id"])
+outline = queries.outline(ctx["url"], ctx["study_id"])
 with st.expander(f"Study `{ctx['study']}`: objectives and spec"):
     st.write(
-        ", ".join(f"{o} ({d})" for o, d in zip(trials.objectives, trials.directions))
+        ", ".join(f"{o} ({d})" for o, d in zip(outline["objectives"], outline["directions"]))
         or "no objectives"
     )
-    st.write("Searched parameters:", ", ".join(trials.params) or "none")
-    failed = trials.frame[trials.frame["state"] == "FAIL"]
-    if len(failed) and TrialAttr.FAIL_REASON in failed:
-        st.dataframe(failed[["number", TrialAttr.FAIL_REASON]], hide_index=True)
+    st.write("Searched parameters:", ", ".join(outline["params"]) or "none")
+    failed = outline["failed"]
+    if len(failed) and failed[TrialAttr.FAIL_REASON].notna().any():
+        st.dataframe(failed, hide_index=True)

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, layer_ui, queries
+from app.tables import markdown_table
 from oialr.vocab import FIXED_RANK, TrialAttr
 
 ctx = st.session_state["ctx"]
@@ -34,7 +35,7 @@ st.title(f"Trial {trial} of {ctx['study']}")
 st.caption(f"{row[TrialAttr.MODE]} · {row['state'].lower()}")
 
 params = {
-    p: charts.number(row[queries.PARAM_PREFIX + p])
+    p: row[queries.PARAM_PREFIX + p]
     for p in trials.params
     if pd.notna(row[queries.PARAM_PREFIX + p])
 }
@@ -43,17 +44,18 @@ results = list(dict.fromkeys(k for k in results if k in row and pd.notna(row[k])
 left, right = st.columns(2)
 left.subheader("Parameters")
 if params:
-    left.dataframe(pd.DataFrame({"value": params}), width="stretch")
+    left.markdown(markdown_table(pd.DataFrame({"value": params}), "parameter"))
 else:
     left.caption(f"A {row[TrialAttr.MODE]} baseline: no searched parameters.")
 right.subheader("Results")
-cells = right.columns(3)
-for index, key in enumerate(results):
-    cells[index % 3].metric(charts.label(key), f"{row[key]:.4g}")
+right.markdown(
+    markdown_table(pd.DataFrame({"value": {charts.label(k): row[k] for k in results}}), "result")
+)
 if row["state"] == "FAIL":
     st.error(f"Failed: {row.get(TrialAttr.FAIL_REASON) or 'no reason recorded'}")
 if isinstance(row.get(TrialAttr.COMMAND), str):
-    st.code(row[TrialAttr.COMMAND], language="bash")
+    # Inline code, not st.code: its syntax highlighter is a 1.5 MB chunk (0.4 s per page load).
+    st.markdown(f"Reproduce it: `{row[TrialAttr.COMMAND]}`")
 
 run_ids = queries.trial_runs(trials, queries.runs(url, ctx["study"]))
 run_id = run_ids.get(trial)
@@ -98,7 +100,7 @@ compare = st.multiselect(
 shown = ["state", TrialAttr.MODE, *results, *(queries.PARAM_PREFIX + p for p in trials.params)]
 side = frame.loc[[trial, *compare], [c for c in shown if c in frame]]
 side = side.set_axis([names[n] for n in side.index]).T
-st.dataframe(side.map(charts.number), width="stretch")
+st.markdown(markdown_table(side.rename(index=charts.label), "trial"))
 chosen = [n for n in [trial, *compare] if pd.notna(run_ids.get(n))]
 if chosen:
     ids = tuple(int(run_ids[n]) for n in chosen)

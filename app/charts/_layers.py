@@ -64,23 +64,6 @@ def rank_heatmap(layers: pd.DataFrame) -> go.Figure:
     return styled(fig, "rank per layer", height=max(260, 60 + 24 * len(fractions)))
 
 
-def rank_lines(layers: pd.DataFrame) -> go.Figure:
-    """Rank of each layer over the steps (one line per layer)."""
-    fig, names = go.Figure(), layer_labels(layers)
-    for index, (layer, group) in enumerate(_by_layer(_updates(layers))):
-        group = thin(group)
-        fig.add_trace(
-            go.Scatter(
-                x=group["step"].to_numpy(), y=group["rank_after"].to_numpy(dtype=float),
-                mode="lines", line={"shape": "hv", "color": PALETTE[index % len(PALETTE)]},
-                name=names.get(str(layer), str(layer)),
-            )
-        )  # fmt: skip
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="rank")
-    return styled(fig, "ranks", legend={"orientation": "v"})
-
-
 def _by_layer(frame: pd.DataFrame):
     groups = dict(list(frame.groupby("layer", sort=False)))
     return [(name, groups[name]) for name in sorted(groups, key=layer_key)]
@@ -162,34 +145,33 @@ def spectrum_figure(
 
 
 def rank_measures_figure(layers: pd.DataFrame) -> go.Figure:
-    """Effective rank (exp of the spectrum's entropy) and stable rank (Σσ² / σ₁²) of each
-    layer at every update, beside the rank kept; the gap says how much of the kept rank the
-    spectrum really uses."""
-    fig = make_subplots(rows=1, cols=2, shared_xaxes=True,
-                        subplot_titles=("effective rank (kept rank dotted)", "stable rank"))  # fmt: skip
+    """Each layer's rank over the updates: kept (solid steps) and effective (exp of the
+    spectrum's entropy, dashed) on the left, stable (Σσ² / σ₁²) on the right. The gap between
+    kept and effective says how much of the kept rank the spectrum really uses. Records of an
+    older oialr have no effective or stable rank: only the kept rank is drawn then."""
+    fig = make_subplots(rows=1, cols=2, shared_xaxes=True, horizontal_spacing=0.08,
+                        subplot_titles=("rank kept (solid), effective (dashed)", "stable rank"))  # fmt: skip
     names = layer_labels(layers)
-    frame = _updates(layers)
-    for index, (layer, group) in enumerate(_by_layer(frame)):
+    for index, (layer, group) in enumerate(_by_layer(_updates(layers))):
         tint, name = PALETTE[index % len(PALETTE)], names.get(str(layer), str(layer))
         group = thin(group)
         steps = group["step"].to_numpy()
-        for col, column, dash, show in ((1, "effective_rank", "solid", True),
-                                        (1, "rank_after", "dot", False),
-                                        (2, "stable_rank", "solid", False)):  # fmt: skip
+        for col, column, dash in ((1, "rank_after", "solid"), (1, "effective_rank", "dash"),
+                                  (2, "stable_rank", "solid")):  # fmt: skip
             if column in group and group[column].notna().any():
                 fig.add_trace(
                     go.Scatter(
-                        x=steps, y=floats(group[column]), mode="lines",
-                        line={"color": tint, "dash": dash, "shape": "hv" if dash == "dot" else None},
-                        name=name, legendgroup=name, showlegend=show,
-                        hovertemplate=f"{name}<br>step %{{x}}: {column.replace('_', ' ')} "
+                        x=steps, y=floats(group[column]), mode="lines", name=name,
+                        line={"color": tint, "dash": dash, "shape": "hv" if col == 1 and dash == "solid" else None},
+                        legendgroup=name, showlegend=column == "rank_after",
+                        hovertemplate=f"{name}<br>step %{{x}}: {column.replace('_after', ' kept').replace('_', ' ')} "
                         "%{y:.1f}<extra></extra>",
                     ),
                     row=1, col=col,
                 )  # fmt: skip
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(rangemode="tozero")
-    return styled(fig, "effective and stable rank", height=360, legend={"orientation": "v"})
+    return styled(fig, "ranks per layer", height=380, legend={"orientation": "v"})
 
 
 def rank_compare_figure(history: pd.DataFrame, names: Mapping[int, str]) -> go.Figure:
