@@ -30,6 +30,7 @@ from app.optuna_reads import (
     list_studies,
     load_study_trials,
     param_importances,
+    storage_token,
     study_outline,
     study_token,
 )
@@ -189,8 +190,19 @@ def status(url: str) -> StorageStatus:
         return probe(url) if exc.kind == "missing" else StorageStatus(exc.kind, str(exc))
 
 
-@st.cache_data(ttl=5, show_spinner=False)
 def studies(url: str) -> pd.DataFrame:
+    """Every study's summary, re-read only when a trial anywhere changes (checked every 2 s:
+    at 10,000 trials the summary takes 0.2 s, the check 3 ms)."""
+    return _studies(url, _all_token(url))
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def _all_token(url: str) -> tuple:
+    return storage_token(engine(url))
+
+
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def _studies(url: str, token: tuple) -> pd.DataFrame:
     return list_studies(engine(url))
 
 
@@ -241,12 +253,30 @@ def studies_index(url: str) -> dict[str, int]:
     return dict(zip(frame["study"], frame["study_id"].astype(int)))
 
 
+NO_RUNS = ["id", "trial_number", "status", "mode", "model", "dataset", "updated_at"]
+RECENT_RUNS = 200  # runs the Live page offers: the running ones and the latest others
+
+
 @st.cache_data(ttl=2, show_spinner=False)
-def runs(url: str, study_name: str) -> pd.DataFrame:
-    """A study's runs, the latest per trial; none while no worker has created our tables."""
+def live_runs(url: str, study_name: str, also: int | None = None) -> pd.DataFrame:
+    """The runs the Live page offers: every running one, the ``RECENT_RUNS`` written last,
+    and the latest run of trial ``also`` (the one in the URL) wherever it is."""
     if not status(url).has_metrics:
-        return pd.DataFrame(columns=["id", "trial_number", "status", "mode", "updated_at"])
-    return reader(url).latest_runs(study_name, full=False)
+        return pd.DataFrame(columns=NO_RUNS)
+    metrics = reader(url)
+    found = metrics.latest_runs(study_name, full=False, recent=RECENT_RUNS)
+    if also is not None and also not in set(found["trial_number"]):
+        extra = metrics.latest_runs(study_name, full=False, trial_numbers=[also])
+        found = pd.concat([found, extra], ignore_index=True) if len(extra) else found
+    return found
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def runs_of_trials(url: str, study_name: str, numbers: tuple[int, ...]) -> pd.DataFrame:
+    """The latest run of each of these trials (a few, not the study's thousands)."""
+    if not status(url).has_metrics or not numbers:
+        return pd.DataFrame(columns=NO_RUNS)
+    return reader(url).latest_runs(study_name, full=False, trial_numbers=numbers)
 
 
 def poll(metrics: MetricsReader, run_id: int, after: Mapping[str, int]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from .metrics_schema import (
     runs_table,
     stability_table,
 )
+from .vocab import RUNNING
 
 __all__ = ["MetricsReader", "TABLES"]
 
@@ -67,7 +68,11 @@ class MetricsReader:
         float32 ``spectrum`` decoded into ``sigma`` (a list of floats, largest first)."""
         with self.engine.connect() as conn:
             result = conn.execute(stmt)
-            frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
+            # Plain tuples from the DBAPI cursor: building a frame from Row objects costs
+            # several times more (20,000 steps: 0.2 s), and no column needs SQLAlchemy's
+            # processing here (times are parsed below, JSON and spectra decoded below).
+            rows = result.cursor.fetchall() if result.cursor is not None else []
+            frame = pd.DataFrame.from_records(rows, columns=list(result.keys()))
         for column in frame.columns.intersection(["config", "result", "sigma"]):
             frame[column] = [from_json(text) for text in frame[column]]
         if "spectrum" in frame:
@@ -88,19 +93,31 @@ class MetricsReader:
             stmt = stmt.where(runs_table.c.study_name == study_name)
         return self.frame(stmt)
 
-    def latest_runs(self, study_name: str, *, full: bool = True) -> pd.DataFrame:
-        """The latest run of each trial of a study (a retried trial has several)."""
-        latest = (
-            sa.select(sa.func.max(runs_table.c.id))
-            .where(runs_table.c.study_name == study_name, runs_table.c.trial_number.is_not(None))
-            .group_by(runs_table.c.trial_number)
-        )
-        stmt = (
-            sa.select(*self._columns(runs_table, full))
-            .where(runs_table.c.id.in_(latest))
-            .order_by(runs_table.c.trial_number)
-        )
-        return self.frame(stmt)
+    def latest_runs(
+        self,
+        study_name: str,
+        *,
+        full: bool = True,
+        trial_numbers: Sequence[int] | None = None,
+        recent: int | None = None,
+    ) -> pd.DataFrame:
+        """The latest run of each trial of a study (a retried trial has several), in trial
+        order; only those of ``trial_numbers`` if given, and with ``recent``, only the running
+        runs and the ``recent`` most recently written others (a study of 10,000 trials has
+        10,000 runs: a page that lists them needs the live ones, not all)."""
+        rt = runs_table
+        where = [rt.c.study_name == study_name, rt.c.trial_number.is_not(None)]
+        if trial_numbers is not None:
+            where.append(rt.c.trial_number.in_([int(n) for n in trial_numbers]))
+        latest = sa.select(sa.func.max(rt.c.id)).where(*where).group_by(rt.c.trial_number)
+        stmt = sa.select(*self._columns(rt, full)).where(rt.c.id.in_(latest))
+        if recent is not None:
+            newest = (
+                sa.select(rt.c.id).where(rt.c.id.in_(latest))
+                .order_by(rt.c.updated_at.desc()).limit(int(recent))
+            )  # fmt: skip
+            stmt = stmt.where(sa.or_(rt.c.status == RUNNING, rt.c.id.in_(newest)))
+        return self.frame(stmt.order_by(rt.c.trial_number))
 
     def run(self, run_id: int, *, full: bool = True) -> dict[str, Any]:
         """One run as a dict.

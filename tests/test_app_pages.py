@@ -14,13 +14,14 @@ import uuid
 from pathlib import Path
 
 import app_fixtures
+import optuna
 import pytest
 import sqlalchemy as sa
 import streamlit as st
 from helpers import REPO
 from streamlit.testing.v1 import AppTest
 
-from app import optuna_reads, queries
+from app import charts, optuna_reads, queries
 from oialr.metrics_reader import MetricsReader
 from oialr.metrics_store import MetricsStore
 from oialr.vocab import DEFAULT_STORAGE
@@ -367,4 +368,49 @@ def test_pages_read_a_study_on_postgresql(monkeypatch, postgres_server):
     engine = queries.open_engine(postgres_server.url)
     with pytest.raises(sa.exc.InternalError, match="read-only transaction"), engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM oialr_steps"))
+    engine.dispose()
+
+
+def test_a_rerun_without_new_trials_builds_no_figure(monkeypatch, dbs, tmp_path):
+    db = tmp_path / "rev.db"
+    source = sqlite3.connect(dbs["study"].removeprefix("sqlite:///"))
+    copy = sqlite3.connect(db)
+    source.backup(copy)
+    source.close()
+    copy.close()
+    url = f"sqlite:///{db}"
+    built = []
+    for name in ("pareto_figure", "slices_figure", "parallel_figure", "contour_figure"):
+        real = getattr(charts, name)
+        monkeypatch.setattr(
+            charts, name, lambda *a, _f=real, _n=name, **k: built.append(_n) or _f(*a, **k)
+        )
+    at = run_page(monkeypatch, url, "parameters")
+    assert sorted(built) == ["contour_figure", "parallel_figure", "slices_figure"]
+    at.run()  # the same study revision: every figure comes from the cache
+    at = run_page(monkeypatch, url, "parameters")  # another viewer, too
+    assert len(built) == 3
+    engine = queries.open_engine(url)
+    before = optuna_reads.storage_token(engine)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 0.5], user_attrs={"mode": "dense"}))
+    assert optuna_reads.storage_token(engine) != before  # the Studies summary is re-read too
+    engine.dispose()
+    st.cache_data.clear()  # instead of waiting the 2 s the fingerprint is cached for
+    run_page(monkeypatch, url, "parameters")
+    assert len(built) == 6  # a new trial: a new revision, new figures
+
+
+def test_runs_can_be_read_for_a_few_trials_or_the_recent_ones(dbs):
+    engine = queries.open_engine(dbs["study"])
+    reader = MetricsReader(engine)
+    every = reader.latest_runs("tiny", full=False)
+    some = reader.latest_runs("tiny", full=False, trial_numbers=[1, 3])
+    assert some["trial_number"].tolist() == [1, 3]
+    assert some["id"].tolist() == every.set_index("trial_number").loc[[1, 3], "id"].tolist()
+    recent = reader.latest_runs("tiny", full=False, recent=2)
+    newest = set(every.nlargest(2, "updated_at")["trial_number"])
+    running = set(every.loc[every["status"] == "running", "trial_number"])
+    assert set(recent["trial_number"]) == newest | running
     engine.dispose()

@@ -7,7 +7,8 @@ from app import charts, layer_ui, queries
 ctx = st.session_state["ctx"]
 url = ctx["url"]
 st.title("Live")
-runs = queries.runs(url, ctx["study"])
+asked = st.query_params.get("trial")  # a shared link may name any trial, not only recent ones
+runs = queries.live_runs(url, ctx["study"], int(asked) if str(asked).isdigit() else None)
 if runs.empty:
     st.info("No run of this study has written metrics yet: they appear once a worker starts.")
     st.stop()
@@ -17,7 +18,10 @@ runs = runs.assign(live=runs["status"] == "running").sort_values(
 )
 by_trial = runs.set_index("trial_number")
 # Plain trial numbers as options: the URL (?trial=5) stays short and is shared with the Trial page.
-trial = st.selectbox("Trial", by_trial.index.tolist(), key="trial", bind="query-params")
+trial = st.selectbox(
+    "Trial", by_trial.index.tolist(), key="trial", bind="query-params",
+    help=f"Running trials and the {queries.RECENT_RUNS} written last (any other: ?trial=N).",
+)  # fmt: skip
 run = by_trial.loc[trial]
 run_id, running = int(run["id"]), bool(run["live"])
 st.caption(f"run {run_id} · {run['mode']} · {run['model']} on {run['dataset']}")

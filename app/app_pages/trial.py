@@ -31,6 +31,9 @@ default = numbers.index(best) if best is not None else 0
 # stay valid when the trial's state changes.
 trial = st.selectbox("Trial", numbers, index=default, key="trial", bind="query-params")
 row = frame.loc[trial]
+others = [n for n in numbers if n != trial]
+# An OIALR trial is compared with the fixed-rank baselines by default: what adaptivity buys.
+fixed = [] if baseline[trial] else frame.index[frame[TrialAttr.MODE] == FIXED_RANK].tolist()
 st.title(f"Trial {trial} of {ctx['study']}")
 st.caption(f"{row[TrialAttr.MODE]} · {row['state'].lower()}")
 
@@ -57,8 +60,7 @@ if isinstance(row.get(TrialAttr.COMMAND), str):
     # Inline code, not st.code: its syntax highlighter is a 1.5 MB chunk (0.4 s per page load).
     st.markdown(f"Reproduce it: `{row[TrialAttr.COMMAND]}`")
 
-run_ids = queries.trial_runs(trials, queries.runs(url, ctx["study"]))
-run_id = run_ids.get(trial)
+run_id = queries.trial_runs(trials, queries.runs_of_trials(url, ctx["study"], (trial,))).get(trial)
 layers = queries.layers_of_run(url, int(run_id)) if pd.notna(run_id) else None
 st.subheader("Layers")
 if layers is None:
@@ -90,9 +92,6 @@ else:
     layer_ui.rank_measures_ui(history, key="trial_ranks")
 
 st.subheader("Compare")
-others = [n for n in numbers if n != trial]
-# An OIALR trial is compared with the fixed-rank baselines by default: what adaptivity buys.
-fixed = [n for n in others if frame.loc[n, TrialAttr.MODE] == FIXED_RANK and not baseline[trial]]
 compare = st.multiselect(
     "Compare with trials (up to 3)", others, default=fixed[:3], max_selections=3,
     key="compare", bind="query-params", format_func=lambda n: names[n],
@@ -101,6 +100,9 @@ shown = ["state", TrialAttr.MODE, *results, *(queries.PARAM_PREFIX + p for p in 
 side = frame.loc[[trial, *compare], [c for c in shown if c in frame]]
 side = side.set_axis([names[n] for n in side.index]).T
 st.markdown(markdown_table(side.rename(index=charts.label), "trial"))
+run_ids = queries.trial_runs(
+    trials, queries.runs_of_trials(url, ctx["study"], tuple(sorted({trial, *compare})))
+)
 chosen = [n for n in [trial, *compare] if pd.notna(run_ids.get(n))]
 if chosen:
     ids = tuple(int(run_ids[n]) for n in chosen)
