@@ -81,18 +81,16 @@ def _space(url: str, study_id: int, revision: tuple) -> go.Figure:
     return charts.space_figure(complete(trials), SPACE, color=TrialAttr.VAL_ACC, log_axes=logs)
 
 
-def slices(url: str, study_id: int) -> go.Figure:
-    return _slices(url, study_id, queries.revision(url, study_id))
+def slices(url: str, study_id: int, objectives: tuple[str, ...]) -> go.Figure:
+    return _slices(url, study_id, objectives, queries.revision(url, study_id))
 
 
 @st.cache_resource(**_CACHE)
-def _slices(url: str, study_id: int, revision: tuple) -> go.Figure:
+def _slices(url: str, study_id: int, objectives: tuple, revision: tuple) -> go.Figure:
     trials = queries.trials(url, study_id)
-    done = searched(trials)
     params = [PARAM_PREFIX + p for p in trials.params]
-    objectives = [o for o in trials.objectives if o in done]
     return charts.slices_figure(
-        done, params, objectives, log_params=_logs(trials),
+        searched(trials), params, list(objectives), log_params=_logs(trials),
         directions={o: trials.direction(o) for o in objectives},
     )  # fmt: skip
 

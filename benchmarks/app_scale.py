@@ -280,8 +280,7 @@ class Page:
 
 
 def page_studies(engine, page: Page) -> None:
-    summary = page.query(optuna_reads.list_studies, engine)
-    page.figure("states", charts.states_figure, summary)
+    page.query(optuna_reads.list_studies, engine)  # a table: no figure
 
 
 def _trials(engine, page: Page):

@@ -219,16 +219,6 @@ def test_space_figure_is_one_3d_trace_with_log_axis():
     assert fig.layout.scene.zaxis.type == "log"
 
 
-def test_states_figure_stacks_one_bar_trace_per_state():
-    summary = pd.DataFrame(
-        {"study": ["a", "b"], "COMPLETE": [3, 1], "RUNNING": [1, 0], "FAIL": [0, 2]}
-    )
-    fig = charts.states_figure(summary)
-    assert [t.name for t in fig.data] == ["complete", "running", "fail"]
-    assert fig.layout.barmode == "stack"
-    assert list(fig.data[0].x) == [3, 1]
-
-
 def test_slices_figure_has_a_cell_per_objective_and_parameter():
     fig = charts.slices_figure(
         _trials(), PARAMS, ["val_acc", "trainable_fraction"], log_params=["params_sigma_cutoff"]

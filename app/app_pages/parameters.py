@@ -28,7 +28,12 @@ def sampled(fig) -> None:
         st.caption(f"Trials {note}.")
 
 
-fig = views.slices(url, study_id)
+# One objective at a time: a row of cells per objective doubled the page's drawing time.
+shown = objectives
+if len(objectives) > 1:
+    shown = [st.radio("Slices of", objectives, format_func=charts.label, horizontal=True,
+                      key="slices_of", bind="query-params")]  # fmt: skip
+fig = views.slices(url, study_id, tuple(shown))
 st.plotly_chart(fig, key="slices")
 sampled(fig)
 

@@ -31,7 +31,6 @@ from app.charts._study import (
     pareto_figure,
     pareto_mask,
     space_figure,
-    states_figure,
 )
 from app.charts._style import (
     BASELINE_SYMBOLS,
@@ -40,7 +39,6 @@ from app.charts._style import (
     MAX_LINE_POINTS,
     MAX_POINTS,
     PALETTE,
-    STATE_COLORS,
     label,
     layer_label,
     layer_labels,
@@ -59,7 +57,6 @@ __all__ = [
     "MAX_LINE_POINTS",
     "MAX_POINTS",
     "PALETTE",
-    "STATE_COLORS",
     "clicked_trial",
     "compare_figure",
     "contour_figure",
@@ -84,6 +81,5 @@ __all__ = [
     "space_figure",
     "spectrum_figure",
     "stability_figure",
-    "states_figure",
     "thin",
 ]

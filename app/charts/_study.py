@@ -14,7 +14,6 @@ from app.charts._style import (
     BASELINE_SYMBOLS,
     MAX_POINTS,
     PALETTE,
-    STATE_COLORS,
     column_array,
     f32,
     floats,
@@ -250,21 +249,3 @@ def space_figure(
     scene.update(camera={"eye": {"x": 1.7, "y": 1.7, "z": 1.1}}, domain={"x": [0.05, 0.85]})
     return styled(fig, "search space", height=560, scene=scene,
                   margin={"l": 30, "r": 30, "t": 60, "b": 30})  # fmt: skip
-
-
-def states_figure(summary: pd.DataFrame) -> go.Figure:
-    """Trials per study, stacked by state (one bar trace per state)."""
-    fig = go.Figure()
-    for state, tint in STATE_COLORS.items():
-        if state in summary:
-            fig.add_trace(
-                go.Bar(
-                    y=summary["study"].astype(str).to_numpy(),
-                    x=summary[state].to_numpy(),
-                    name=state.lower(),
-                    orientation="h",
-                    marker_color=tint,
-                )
-            )
-    height = 120 + 28 * len(summary)
-    return styled(fig, "trials by state", height=min(height, 700), barmode="stack")

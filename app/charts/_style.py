@@ -11,13 +11,6 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 PALETTE = qualitative.Plotly
-STATE_COLORS = {
-    "COMPLETE": "#2ca02c",
-    "RUNNING": "#1f77b4",
-    "WAITING": "#b0b0b0",
-    "PRUNED": "#ff7f0e",
-    "FAIL": "#d62728",
-}
 BASELINE_SYMBOLS = {"dense": "star", "fixed-rank": "diamond"}
 MAX_LINE_POINTS = 2_000  # per series: more is invisible at dashboard width and costs bytes
 MAX_HEATMAP_COLUMNS = 300
