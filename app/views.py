@@ -39,8 +39,7 @@ def log_x_default(url: str, study_ids: Sequence[int], x: str) -> bool:
     values = []
     for study_id in study_ids:
         done = complete(queries.trials(url, study_id))
-        mode = done.get(TrialAttr.MODE)
-        mask = ~mode.isin(list(charts.BASELINE_SYMBOLS)) if mode is not None else True
+        mask = ~done[TrialAttr.MODE].isin(list(charts.BASELINE_SYMBOLS))
         if x in done:
             values.append(pd.to_numeric(done.loc[mask, x], errors="coerce").to_numpy(float))
     finite = np.concatenate(values) if values else np.zeros(0)
