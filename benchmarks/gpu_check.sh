@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU check for a machine with one CUDA GPU and torch/torchvision preinstalled, no package
-# index: installs the wheels of optuna & co. from WHEELDIR, then, in under 8 minutes,
+# index: installs the wheels of optuna & co. from WHEELDIR, then, in about 11 minutes,
 #   1. runs the GPU-marked tests,
 #   2. trains a mini-ViT (paper shape) on Fashion-MNIST padded to 32×32, dense vs OIALR, bf16,
 #   3. measures the low-rank/dense step-time ratio on the GPU,
 #   4. runs a 4-trial study with --gpus 0,
+#   5. measures trials per hour with 1, 2, 4, 8 workers on GPU 0 (quickstart and LeNet-5),
 # and writes every number to OUTDIR (summary.json gathers them).
 #
 #   benchmarks/gpu_check.sh OUTDIR [WHEELDIR] [--data-dir DIR]   # on the GPU machine
@@ -72,6 +73,13 @@ start=$(date +%s)
 echo "{\"study_seconds\": $(( $(date +%s) - start )), \"trials\": $TRIALS}" > "$OUT/study_time.json"
 "${OIALR[@]}" study show quickstart --storage "sqlite:///$OUT/study.db" | tee "$OUT/study_show.txt"
 "${OIALR[@]}" study export quickstart --storage "sqlite:///$OUT/study.db" --format json --output "$OUT/study_trials.json"
+
+echo "== 5. trials per hour with 1, 2, 4, 8 workers packed on one GPU"
+if [ "$DRY" = 1 ]; then
+  "$PY" benchmarks/packing.py --device cpu --ks 1,2 --trials 2 --quick --specs quickstart --out "$OUT/packing.json"
+else
+  "$PY" benchmarks/packing.py --ks 1,2,4,8 --trials 8 "${DATA_ARGS[@]}" --out "$OUT/packing.json"
+fi
 
 "$PY" - "$OUT" <<'PY'
 import json, sys

@@ -202,6 +202,27 @@ def app_browser(d: dict) -> str:
     return "\n".join(lines)
 
 
+def sharing(q: dict) -> str:
+    """The quickstart with and without the shared warm-up and data cache (side by side)."""
+    if "unshared" not in q:
+        return ""
+    u = q["unshared"]
+    rows = [
+        ["shared warm-up + data cache (default)", f"{q['wall_s']:.0f} s",
+         f"{q['trials_per_hour']:.0f}", f"{q['epochs_trained']:.0f}"],
+        ["neither (`--no-warmup-cache`, dataset per trial)", f"{u['wall_s']:.0f} s",
+         f"{u['trials_per_hour']:.0f}", f"{u['epochs_trained']:.0f}"],
+    ]  # fmt: skip
+    verdict = "met" if q["speedup"] >= 1.5 else "**not met**"
+    same = "identical" if q["same_values"] else "**different**"
+    return (
+        "\n\n"
+        + table(["quickstart", "wall time", "trials per hour", "trial-epochs trained"], rows)
+        + f"\n\n**{q['speedup']:.2f}×** trials per hour (goal ≥ 1.5×: {verdict}); the "
+        f"{q['finished_trials']} trial values are {same} in both."
+    )
+
+
 def study_bench(d: dict) -> str:
     q, p = d["quickstart"], d["pruning"]
     over = q["storage_overhead_sqlite"]
@@ -217,7 +238,25 @@ def study_bench(d: dict) -> str:
         f"trial-epochs instead of {none['trial_epochs']} (**{saving:.0f} % saved**), same best "
         f"value ({med['best_value']:.4f} vs {none['best_value']:.4f}).\n"
         f"- Per trial, {over['outside_training_ms']:.0f} ms ({over['outside_training_pct']:.1f} %) is "
-        "spent outside training (data loading, Optuna and metrics storage, SQLite)."
+        "spent outside training (data loading, Optuna and metrics storage, SQLite)." + sharing(q)
+    )
+
+
+def loop_overhead(d: dict) -> str:
+    rows = [[r["case"], r["batch"], f"{r['fit_ms']:.1f}", f"{r['plain_ms']:.1f}",
+             f"**{r['ratio']:.3f}**"] for r in d["results"]]  # fmt: skip
+    goal = d["goal"]
+    speedups = ", ".join(f"{m} {s:.2f}×" for m, s in d["channels_last_speedup"].items())
+    verdict = (
+        "met" if goal["met"] else f"**not met** ({goal['worst_case']}: {goal['worst_ratio']:.3f})"
+    )
+    return (
+        f"**Our loop against a plain one** ({d['machine']['cpu']}, {d['machine']['threads']} "
+        "threads; `python benchmarks/loop_overhead.py`): `fit`'s step time (dense mode) over a "
+        "20-line PyTorch loop with the same model, AdamW, schedule and batches, medians of "
+        f"alternating rounds. Goal (≤ {goal['target_ratio']}): {verdict}. `channels_last` over "
+        f"the default layout, plain loop: {speedups}.\n\n"
+        + table(["model", "batch", "fit ms", "plain ms", "fit / plain"], rows)
     )
 
 
@@ -244,6 +283,25 @@ def gpu(d: dict) -> str:
         + table(["mode", "test accuracy (%)", "trainable", "wall time"], rows)
         + f"\n\nStep-time ratio low-rank/dense on the GPU: {ratios}. A {study.get('trials', '?')}-trial "
         f"study with `--gpus 0` took {study.get('study_seconds', '?')} s."
+        + packing(d.get("packing"))
+    )
+
+
+def packing(d: dict | None) -> str:
+    """Trials per hour with K workers on one GPU (gpu_check.sh step 5), or why there are none."""
+    if not d:
+        return (
+            "\n\nTrials per hour with 1, 2, 4 and 8 workers on one GPU (`benchmarks/packing.py`, "
+            "step 5 of `gpu_check.sh`, goal ≥ 4× at the best K): *pending: no GPU run since it "
+            "was added*."
+        )
+    ks = [r["workers"] for r in next(iter(d["specs"].values()))["rows"]]
+    rows = []
+    for name, spec in d["specs"].items():
+        per_k = [f"{r['trials_per_hour']:.0f}" for r in spec["rows"]]
+        rows.append([name, *per_k, f"**{spec['gain']:.2f}×**"])
+    return "\n\nTrials per hour on one GPU (`benchmarks/packing.py`):\n\n" + table(
+        ["spec", *(f"{k} workers" for k in ks), "best / 1 worker"], rows
     )
 
 
@@ -290,6 +348,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     "app_scale": ("app_scale", app_scale, "python benchmarks/app_scale.py"),
     "app_browser": ("app_browser", app_browser, "python benchmarks/app_browser.py"),
     "study_bench": ("study_bench", study_bench, "python benchmarks/study_bench.py"),
+    "loop_overhead": ("loop_overhead", loop_overhead, "python benchmarks/loop_overhead.py"),
     "stability": ("stability", stability, "python benchmarks/stability.py"),
     "gpu": ("gpu_check", gpu, "benchmarks/gpu_check.sh OUTDIR WHEELDIR on a GPU machine"),
     "reliability": ("reliability", reliability, "python benchmarks/reliability.py"),

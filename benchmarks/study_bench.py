@@ -3,9 +3,11 @@
 Three measurements, all through the real ``oialr study run`` code path:
 
 1. **quickstart**: ``python -m oialr study run studies/quickstart.toml --storage sqlite:///… --quiet``
-   as a subprocess (all 20 trials unless ``--quickstart-trials``): wall time, trials per hour,
-   the best validation accuracy and the smallest trainable fraction within 1 point of the dense
-   baseline.
+   as a subprocess (all 20 trials unless ``--quickstart-trials``), twice side by side: as
+   shipped (shared dense warm-up, dataset loaded once per worker) and with both off. Wall time,
+   trials per hour, trial-epochs actually trained (steps not taken from a warm-up snapshot),
+   whether both give the same trial values, the best validation accuracy and the smallest
+   trainable fraction within 1 point of the dense baseline.
 2. **pruning**: ``tests/specs/tiny.toml`` made single-objective (``objective.kind = "accuracy"``,
    6 epochs, a wide ``lr`` search so that some trials are bad, 12 trials, random sampler with a
    fixed seed) run twice as subprocesses, pruner ``median`` vs ``none``. With the random sampler
@@ -74,9 +76,20 @@ def thread_env(threads: int) -> dict[str, str]:
 THREADS = 1  # set from --threads in main()
 
 
-def run_cli(spec: Path, url: str, sets: list[str], n_trials: int | None = None) -> dict[str, Any]:
+# The product without its sharing: the dataset reloaded for every trial (the loader under the
+# per-process cache), and --no-warmup-cache.
+UNSHARED = "import oialr.train as t, sys; t.load_data = t._load_data; from oialr.cli import main; sys.exit(main())"
+
+
+def run_cli(
+    spec: Path, url: str, sets: list[str], n_trials: int | None = None, *,
+    shared: bool = True, cache: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """``oialr study run`` as a subprocess; returns wall time, exit code and stderr's tail."""
-    cmd = [sys.executable, "-m", "oialr", "study", "run", str(spec), "--storage", url, "--quiet"]
+    program = ["-m", "oialr"] if shared else ["-c", UNSHARED]
+    cmd = [sys.executable, *program, "study", "run", str(spec), "--storage", url, "--quiet"]
+    if cache is not None:
+        cmd += ["--warmup-cache", str(cache)] if shared else ["--no-warmup-cache"]
     if n_trials:
         cmd += ["--n-trials", str(n_trials)]
     cmd += [f"--set={item}" for item in sets]
@@ -177,23 +190,53 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
 
 
 def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[str, Any]:
-    url = f"sqlite:///{tmp / 'quickstart.db'}"
-    print(f"quickstart: {QUICKSTART.relative_to(ROOT)} {' '.join(sets)} ...", flush=True)
-    ran = run_cli(QUICKSTART, url, sets, n_trials)
-    study = only_study(url)
-    summary = summarise(study)
-    finished = summary["states"].get("complete", 0) + summary["states"].get("pruned", 0)
+    """The quickstart twice, side by side: as shipped (shared dense warm-up, dataset loaded once
+    per worker) and with both switched off; the same sampler seed makes the same trials when
+    sharing changes no result."""
+    arms = {}
+    for arm in ("unshared", "shared"):
+        url = f"sqlite:///{tmp / f'quickstart-{arm}.db'}"
+        print(
+            f"quickstart ({arm}): {QUICKSTART.relative_to(ROOT)} {' '.join(sets)} ...", flush=True
+        )
+        ran = run_cli(QUICKSTART, url, sets, n_trials, shared=arm == "shared", cache=tmp / "warmup")
+        study = only_study(url)
+        summary = summarise(study)
+        finished = summary["states"].get("complete", 0) + summary["states"].get("pruned", 0)
+        trials = study.get_trials(deepcopy=False)
+        arms[arm] = {
+            "command": ran["command"],
+            "wall_s": round(ran["wall_s"], 1),
+            "finished_trials": finished,
+            "trials_per_hour": round(finished / ran["wall_s"] * 3600, 1),
+            "epochs_recorded": epochs_trained(url, study.study_name),
+            "epochs_trained": round(steps_trained(trials) / steps_per_epoch(sets), 1),
+            **summary,
+            "storage_overhead_sqlite": outside_training(trials),
+            "values": [t.values for t in sorted(trials, key=lambda t: t.number)],
+        }
+    shared, unshared = arms["shared"], arms["unshared"]
     return {
         "data_load_ms": data_load_ms(QUICKSTART, sets),
-        "command": ran["command"],
         "overrides": sets,
-        "wall_s": round(ran["wall_s"], 1),
-        "finished_trials": finished,
-        "trials_per_hour": round(finished / ran["wall_s"] * 3600, 1),
-        "epochs_trained": epochs_trained(url, study.study_name),
-        **summary,
-        "storage_overhead_sqlite": outside_training(study.get_trials(deepcopy=False)),
+        **{k: v for k, v in shared.items() if k != "values"},
+        "unshared": {k: v for k, v in unshared.items() if k != "values"},
+        "same_values": shared.pop("values") == unshared.pop("values"),
+        "speedup": round(shared["trials_per_hour"] / unshared["trials_per_hour"], 2),
     }
+
+
+def steps_trained(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Training steps the study's trials ran themselves (not taken from a warm-up snapshot)."""
+    return sum(t.user_attrs.get("steps_trained", 0) for t in trials)
+
+
+def steps_per_epoch(sets: list[str]) -> int:
+    from oialr.spec import load_spec
+    from oialr.train import load_data
+
+    cfg = load_spec(QUICKSTART, sets).run_config({}, "dense")
+    return load_data(cfg).steps_per_epoch(cfg.batch_size, drop_last=True)
 
 
 def data_load_ms(spec_path: Path, sets: list[str]) -> float:
@@ -421,9 +464,12 @@ def report(results: dict[str, Any]) -> None:
     q = results["quickstart"]
     print("\n== quickstart (subprocess, SQLite) ==")
     print(f"command            {q['command']}")
-    print(f"wall time          {q['wall_s']:.1f} s for {q['finished_trials']} trials")
-    print(f"trials per hour    {q['trials_per_hour']:.0f}")
-    print(f"epochs trained     {q['epochs_trained']}")
+    print(f"{'':<34} {'shared':>10} {'unshared':>10}")
+    for key, label in (("wall_s", "wall time (s)"), ("trials_per_hour", "trials per hour"),
+                       ("epochs_trained", "trial-epochs trained"),
+                       ("epochs_recorded", "trial-epochs recorded")):  # fmt: skip
+        print(f"{label:<34} {q[key]:>10} {q['unshared'][key]:>10}")
+    print(f"speed-up {q['speedup']:.2f}x; identical trial values: {q['same_values']}")
     print(f"data load / trial  {q['data_load_ms']:.0f} ms (in this process, median of 3)")
     print(f"best val acc       {_fmt(q['best_val_acc'])}  (dense {_fmt(q['dense_val_acc'])})")
     print(f"min trainable fraction within 1 pt of dense: {_fmt(q['min_fraction_within_1pt'])}")
@@ -473,7 +519,7 @@ def report(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--quickstart-trials", type=int, help="default: the spec's 20 (3 quick)")
+    parser.add_argument("--quickstart-trials", type=int, help="default: the spec's 20 (5 quick)")
     parser.add_argument("--prune-trials", type=int, help="default 12 (5 quick)")
     parser.add_argument("--prune-epochs", type=int, help="default 6 (2 quick)")
     parser.add_argument("--storage-trials", type=int, help="default 8 (3 quick)")
@@ -500,7 +546,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     quick = args.quick
-    qs_trials = args.quickstart_trials or (3 if quick else None)
+    qs_trials = args.quickstart_trials or (5 if quick else None)  # 3 baselines, 2 OIALR
     qs_sets = ["run.subset=2000", "run.epochs=1"] if quick else []
     prune_trials = args.prune_trials or (5 if quick else 12)
     prune_epochs = args.prune_epochs or (2 if quick else 6)

@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import tomllib
 
 try:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 except ImportError:  # the library was installed without its command line's extra
@@ -49,7 +52,13 @@ def _run_config_from_args(args: argparse.Namespace):
             base = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as err:
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path}: a folder; give a TOML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {path}: not a text file; give a TOML file") from None
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
+        except (tomllib.TOMLDecodeError, RecursionError) as err:
             raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
     try:
         return RunConfig.build(**values_from_flags(args, base))
@@ -101,12 +110,18 @@ class ProgressRecorder:
 def cmd_train(args: argparse.Namespace) -> int:
     from .metrics_store import MetricsStore
     from .recorders import Recorders, StoreRecorder
-    from .train import fit
+    from .storage_checks import check_writable
+    from .train import fit, preflight
 
     cfg = _run_config_from_args(args)
     if cfg.checkpoint_dir is None:
         cfg = cfg.model_copy(update={"checkpoint_dir": str(Path("checkpoints") / cfg.run_name)})
-    store = None if args.no_store else MetricsStore(resolve_storage(args.storage))
+    preflight(cfg, resume=args.resume)  # a bad model, device, data: here, before the store
+    store = None
+    if not args.no_store:
+        url = resolve_storage(args.storage)
+        check_writable(url, args.allow_foreign_database)
+        store = MetricsStore(url)
     recorders = Recorders(
         StoreRecorder(store) if store else None,
         None if args.quiet or args.json else ProgressRecorder(),
@@ -144,60 +159,121 @@ def _study_progress(study, n_trials: int, quiet: bool):
     task = progress.add_task("", total=n_trials)
     progress.start()
 
+    started, before = time.monotonic(), None
+
     def tick(*_):
+        nonlocal before
         c = progress_counts(study)
+        done = c["complete"] + c["pruned"]
+        before = done if before is None else before
         best = "-" if c["best_val_acc"] is None else f"{c['best_val_acc']:.4f}"
+        hours = (time.monotonic() - started) / 3600
+        rate = f" · {(done - before) / hours:.0f} trials/h" if done > before else ""
         progress.update(
             task,
-            completed=c["complete"] + c["pruned"],
+            completed=done,
             description=f"done {c['complete']} · running {c['running']} · pruned {c['pruned']}"
-            f" · failed {c['fail']} · best val acc {best}",
+            f" · failed {c['fail']} · best val acc {best}{rate}",
         )
 
     return tick, progress.stop
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """What argparse cannot say about `study run`'s numbers: one line each, before any work."""
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(
+            f"--n-trials {args.n_trials}: give at least 1 (or leave it out for the spec's budget)"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat {args.heartbeat}: give at least 1 second")
+    if args.gpus is not None and not all(g.strip().isdigit() for g in args.gpus.split(",")):
+        raise ConfigError(f"--gpus {args.gpus!r}: give GPU ids, e.g. --gpus 0 or --gpus 0,1")
+
+
 def cmd_study_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
-    from .study import (
-        create_study,
-        open_storage,
-        run_worker,
-        run_workers,
-        worker_command,
-    )
+    from .storage_checks import check_writable
+    from .study import create_study, default_warmup_cache, open_storage, run_worker
 
+    _check_run_args(args)
     spec = load_spec(args.spec, args.set or [])  # a bad spec stops here, before any write
+    if spec.objective.train is None:  # oialr's loop: its model and data must work, too
+        from .train import preflight
+
+        try:
+            preflight(spec.run_config({}, "oialr"))
+        except ConfigError as err:
+            raise ConfigError(f"{args.spec}: {err}", field=err.field) from None
     url = resolve_storage(args.storage)
     name = args.study_name or spec.name
     n_trials = args.n_trials or spec.budget.n_trials
-    gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
-    workers = args.workers or max(1, len(gpus))
-    study = create_study(spec, open_storage(url), name)
+    plan = _worker_plan(args, spec)
+    check_writable(url, args.allow_foreign_database)
+    study = create_study(spec, open_storage(url), name)  # a bad URL stops here, one line
+    cache = None if args.no_warmup_cache else Path(args.warmup_cache or default_warmup_cache(url))
     tick, stop = _study_progress(study, n_trials, args.quiet)
     try:
-        if workers == 1 and not gpus:
+        if len(plan) == 1 and plan[0] is None:
             tick()
+            from .warmup import WarmupCache
+
+            warmup = WarmupCache(cache, until=spec.latest_delay()) if cache else None
             run_worker(spec, url, study_name=name, n_trials=n_trials, timeout=args.timeout,
-                       heartbeat=args.heartbeat, callbacks=[tick])  # fmt: skip
+                       heartbeat=args.heartbeat, callbacks=[tick], warmup=warmup)  # fmt: skip
             code = 0
         else:
-            cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat)
-            cmd += [f"--set={item}" for item in args.set or []]
-            envs = []
-            for i in range(workers):
-                env = dict(os.environ)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-                else:  # share the cores: K processes × all threads each thrash a CPU
-                    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-                envs.append(env)
-            code = run_workers([cmd] * workers, envs, tick)
+            code = _run_worker_processes(args, url, name, n_trials, plan, cache, tick)
     finally:
         stop()
     if not args.quiet:
         _print_trials(study, best_only=False, limit=15)
     return code
+
+
+def _worker_plan(args: argparse.Namespace, spec) -> list[str | None]:
+    """The GPU of each worker to start (None: this process, on the CPU or the default GPU)."""
+    if args.gpus is None:
+        return [None] * (args.workers or 1)
+    from .packing import free_gpu_bytes, plan_workers, trial_bytes
+
+    free = free_gpu_bytes()
+    if not free:
+        raise ConfigError(f"--gpus {args.gpus}: this machine has no CUDA GPU; leave --gpus out")
+    need = trial_bytes(_parameters(spec), 0)
+    return plan_workers([g.strip() for g in args.gpus.split(",")], args.workers,
+                        free_bytes=free, need_bytes=need)  # fmt: skip
+
+
+def _parameters(spec) -> int:
+    from .models import build_model
+    from .train import load_data
+
+    cfg = spec.run_config({}, "oialr")
+    data = load_data(cfg)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _run_worker_processes(args, url, name, n_trials, plan, cache, tick) -> int:
+    from .study import run_workers, worker_command
+
+    cmd = worker_command(args.spec, url, name, n_trials, args.timeout, args.heartbeat, cache)
+    cmd += [f"--set={item}" for item in args.set or []]
+    cmd += ["--allow-foreign-database"] if args.allow_foreign_database else []
+    envs = []
+    for gpu in plan:
+        env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        else:  # share the cores: K processes × all threads each thrash a CPU
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(plan))))
+        envs.append(env)
+    return run_workers([cmd] * len(plan), envs, tick)
 
 
 def _trial_rows(study, best_only: bool):
@@ -266,16 +342,12 @@ def _fmt(value) -> str:
 
 
 def _existing_storage(url: str):
-    """Read commands never create a database: a missing SQLite file is an error."""
+    """Read commands never create a database, nor tables in one."""
+    from .storage_checks import check_readable
     from .study import open_storage
 
-    try:
-        path = sqlite_file(url)
-    except Exception:  # the storage below says what is wrong with the URL
-        path = None
-    if path is not None and not path.exists():
-        raise ConfigError(f"storage {url}: no such database file; run `oialr study run` first")
-    return open_storage(url)
+    check_readable(url)
+    return open_storage(url, create=False)
 
 
 def cmd_study_list(args: argparse.Namespace) -> int:
@@ -313,10 +385,30 @@ def cmd_study_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_target(output: str, url: str) -> Path:
+    """Where an export may go: never the storage, a folder or any database; in a folder that
+    exists."""
+    target = Path(output).expanduser()
+    storage = sqlite_file(url)
+    if storage is not None and target.exists() and target.resolve() == storage.resolve():
+        raise ConfigError(f"--output {output} is the storage itself; give another file name")
+    if target.is_dir() or output.endswith(os.sep):
+        raise ConfigError(f"--output {output} is a folder; give a file name in it")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--output {output}: no folder {target.parent}; create it first")
+    if target.is_file():
+        with target.open("rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                raise ConfigError(f"--output {output} is a database; exports never overwrite one")
+    return target
+
+
 def cmd_study_export(args: argparse.Namespace) -> int:
     from .study import load_study
 
-    study = load_study(args.name, _existing_storage(resolve_storage(args.storage)))
+    url = resolve_storage(args.storage)
+    target = None if args.output in (None, "-") else _export_target(args.output, url)
+    study = load_study(args.name, _existing_storage(url))
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs",
                                           "datetime_start", "datetime_complete"))  # fmt: skip
     text = (
@@ -324,13 +416,18 @@ def cmd_study_export(args: argparse.Namespace) -> int:
         if args.format == "csv"
         else frame.to_json(orient="records", indent=1, date_format="iso")
     )
-    if args.output in (None, "-"):
+    if target is None:
         sys.stdout.write(text)
         return 0
-    target = Path(args.output)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(target)  # never a half-written export
+    try:  # a temporary file beside it, renamed over it: never a half-written export
+        with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=f".{target.name}.",
+                                         delete=False) as tmp:  # fmt: skip
+            tmp.write(text)
+        os.replace(tmp.name, target)
+    except OSError as err:
+        if "tmp" in locals() and os.path.exists(tmp.name):
+            os.remove(tmp.name)
+        raise ConfigError(f"--output {args.output}: cannot write ({err.strerror})") from None
     console.print(f"wrote {len(frame)} trials to {target}")
     return 0
 
@@ -361,6 +458,9 @@ def cmd_study_delete(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------
+FOREIGN_HELP = "write into a SQLite file that holds another application's tables"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oialr", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
@@ -373,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", help="metrics storage URL (default $OIALR_STORAGE, then sqlite:///oialr.db)"
     )
     train.add_argument("--no-store", action="store_true", help="record nothing")
+    train.add_argument("--allow-foreign-database", action="store_true", help=FOREIGN_HELP)
     train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -389,10 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="trials in all (default: the spec's budget)")
     run.add_argument("--timeout", type=float, help="seconds per worker")
     run.add_argument(
-        "--workers", type=int, help="worker processes here (default 1, or one per GPU)"
+        "--workers", type=int, help="worker processes here (default 1; with --gpus, see there)"
     )
-    run.add_argument("--gpus", help="comma-separated GPU ids, one worker each")
+    run.add_argument(
+        "--gpus",
+        help="comma-separated GPU ids; workers go round-robin over them (default: as many per "
+        "GPU as its free memory holds, at most 8)",
+    )
+    run.add_argument(
+        "--warmup-cache",
+        help="share the dense warm-up through snapshots here (default: beside the SQLite file, "
+        "else ~/.cache/oialr/warmup)",
+    )
+    run.add_argument(
+        "--no-warmup-cache", action="store_true", help="every trial trains from step 0"
+    )
     run.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats")
+    run.add_argument("--allow-foreign-database", action="store_true", help=FOREIGN_HELP)
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set run.epochs=3 (repeatable)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -438,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OIALRError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except (Interrupted, KeyboardInterrupt) as err:
         console.print(f"interrupted ({err or 'Ctrl-C'}): the running trial or run was recorded; "

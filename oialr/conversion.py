@@ -33,6 +33,8 @@ __all__ = [
     "dense_weight",
     "to_dense",
     "load_factorised",
+    "rebuild_factorised",
+    "rebuild_on_load",
     "unwrap",
 ]
 
@@ -346,6 +348,52 @@ def factorised_keys(state_dict: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def rebuild_factorised(model: nn.Module, state_dict: dict[str, Any], factored="auto") -> list[str]:
+    """Give ``model`` the factorised layers a (possibly partial) state dict describes, at the
+    saved shapes, with placeholder values for the load to overwrite; returns their names.
+
+    Raises:
+        ConfigError: a factorised layer in ``state_dict`` names no layer of ``model`` that OIALR
+            can factorise.
+    """
+    root = unwrap(model)
+    known = {n: k for n, k, _ in _candidates(root, ConversionReport())}
+    rebuilt = []
+    for name, capacity in factorised_keys(state_dict).items():
+        current = root.get_submodule(name) if _has_submodule(root, name) else None
+        if isinstance(current, LowRankLayer) and current.capacity == capacity:
+            continue
+        if isinstance(current, LowRankLayer):  # converted at a larger capacity: shrink it
+            if capacity > current.capacity:
+                raise ConfigError(
+                    f"{name}: the state dict stores rank {capacity}, more than the layer's "
+                    f"{current.capacity}; load it into the dense model"
+                )
+            current.rank = capacity
+            current.compact()
+        elif name in known:
+            convert(root, name, known[name], factored, capacity=capacity)
+        else:
+            raise ConfigError(
+                f"the state dict holds a factorised layer {name!r} that this model has no "
+                "Linear/Conv/attention layer for: it was saved from another model"
+            )
+        rebuilt.append(name)
+    return rebuilt
+
+
+def rebuild_on_load(model: nn.Module) -> None:
+    """Make ``model.load_state_dict`` of a checkpoint saved after conversion rebuild the
+    factorised layers first: what a training framework needs, since it loads the weights
+    (HF Trainer, Lightning's ``ckpt_path``) before any callback of ours can act."""
+
+    def hook(module, state_dict, prefix, *_):
+        scoped = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        rebuild_factorised(module, scoped)
+
+    unwrap(model).register_load_state_dict_pre_hook(hook)
+
+
 def load_factorised(model: nn.Module, state_dict: dict[str, Any], factored="auto") -> nn.Module:
     """Load a state dict saved after conversion (``torch.save`` or safetensors) into ``model``,
     first rebuilding, at the saved shapes, every factorised layer it describes.
@@ -359,26 +407,7 @@ def load_factorised(model: nn.Module, state_dict: dict[str, Any], factored="auto
             ``model``, or keys are missing or unexpected).
     """
     root = unwrap(model)
-    known = {n: k for n, k, _ in _candidates(root, ConversionReport())}
-    for name, capacity in factorised_keys(state_dict).items():
-        current = root.get_submodule(name) if _has_submodule(root, name) else None
-        if isinstance(current, LowRankLayer) and current.capacity == capacity:
-            continue
-        if isinstance(current, LowRankLayer):  # converted at a larger capacity: shrink it
-            if capacity > current.capacity:
-                raise ConfigError(
-                    f"{name}: the state dict stores rank {capacity}, more than the layer's "
-                    f"{current.capacity}; load it into the dense model"
-                )
-            current.rank = capacity
-            current.compact()
-            continue
-        if name not in known:
-            raise ConfigError(
-                f"the state dict holds a factorised layer {name!r} that this model has no "
-                "Linear/Conv/attention layer for: it was saved from another model"
-            )
-        convert(root, name, known[name], factored, capacity=capacity)
+    rebuild_factorised(root, state_dict, factored)
     missing, unexpected = root.load_state_dict(state_dict, strict=False)
     own = root.state_dict()
     loaded = {own[k].data_ptr() for k in state_dict if k in own and own[k].numel()}

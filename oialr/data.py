@@ -127,6 +127,8 @@ class Dataset:
         shuffle: bool,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        order: Tensor | None = None,
+        start: int = 0,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (images, labels) batches of one pass over ``split``.
 
@@ -137,6 +139,8 @@ class Dataset:
             generator: A CPU generator, the only source of randomness (order and augmentation);
                 None uses torch's global generator.
             drop_last: Skip a final, incomplete batch.
+            order, start: continue a pass: its order (from :meth:`epoch_order`) from batch
+                ``start`` on, with ``generator`` in the state it had there.
 
         Yields:
             Batches on the dataset's device.
@@ -146,17 +150,23 @@ class Dataset:
             raise ConfigError("batches() needs a CPU torch.Generator (indices are moved over)")
         x, y = self.split(split)
         n = len(y)
-        # Indices are drawn on the CPU so the same seed gives the same order on any device.
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if order is None:
+            order = self.epoch_order(split, shuffle=shuffle, generator=generator)
         order = order.to(x.device)
         augment = self.augment if split == "train" else "none"
         stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            idx = order[start : start + batch_size]
+        for first in range(start * batch_size, stop, batch_size):
+            idx = order[first : first + batch_size]
             xb, yb = x[idx], y[idx]
             if augment != "none":
                 xb = self._augment(xb, flip=augment == "crop-flip", generator=generator)
             yield xb, yb
+
+    def epoch_order(self, split: str, *, shuffle: bool, generator=None) -> Tensor:
+        """The order one pass visits ``split`` in; drawn on the CPU, so the same seed gives the
+        same order on any device."""
+        n = len(self.split(split)[1])
+        return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
 
     def _augment(self, x: Tensor, *, flip: bool, generator: torch.Generator | None) -> Tensor:
         """Random crop after padding (and optionally a random horizontal flip) of a batch."""

@@ -34,6 +34,10 @@ class StorageError(OIALRError, RuntimeError):
     """A storage URL is malformed, unreachable, or holds a schema we cannot read."""
 
 
+class StudyStopped(OIALRError, RuntimeError):
+    """A study stopped on its own: its trials kept failing for the same reason."""
+
+
 class TrainingDiverged(OIALRError, RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -54,8 +58,8 @@ def validation_error(err: ValidationError, prefix: str = "", what: str = "") -> 
     first = err.errors()[0]
     field = prefix + (".".join(str(p) for p in first["loc"]) or "(top level)")
     given = first.get("input")
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")  # our validators' own words
     if first["type"] == "extra_forbidden":
         msg = "unknown option (a typo?)"
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    shown = "" if isinstance(given, dict) or repr(given) in msg else f" (got {given!r})"
     return ConfigError(f"{what}`{field}`: {msg}{shown}", field=field)

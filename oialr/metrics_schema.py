@@ -254,7 +254,7 @@ def make_engine(url: str) -> Engine:
 
     try:
         engine = sa.create_engine(parsed, **kwargs)
-    except ArgumentError as exc:  # e.g. user/host given in a SQLite URL
+    except (ArgumentError, ValueError, TypeError) as exc:  # host in a SQLite URL, ?timeout=abc
         raise _bad_url(url, str(exc)) from exc
     except ImportError as exc:
         raise StorageError(

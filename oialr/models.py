@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oialr.errors import ConfigError
-from oialr.run_config import BUILTIN_MODELS, MODEL_PREFIXES, model_names
+from oialr.imports import call_with, is_import_string, resolve
+from oialr.run_config import BUILTIN_MODELS, MODEL_PREFIXES, mistyped_prefix, model_names
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +310,23 @@ def _timm(name: str, input_shape: tuple[int, ...], num_classes: int, **options: 
 # --------------------------------------------------------------------------------------------
 # Registry
 
+
+def _imported(name: str, input_shape: tuple, num_classes: int, options: dict) -> nn.Module:
+    builder = resolve(name, "run.model")
+    try:
+        model = call_with(builder, options, input_shape=input_shape, num_classes=num_classes)
+    except Exception as err:  # your builder's own error, or an option it does not take
+        raise ConfigError(
+            f"`run.model`: {name} raised {type(err).__name__}: {err}".split("\n")[0], field="model"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"`run.model`: {name} returned a {type(model).__name__}, not a torch.nn.Module",
+            field="model",
+        )
+    return model
+
+
 # The builders of the names oialr.run_config declares (torch-free, for validation).
 MODELS: dict[str, Callable[..., nn.Module]] = dict(
     zip(BUILTIN_MODELS, (mlp, lenet5, resnet20, minivit), strict=True)
@@ -332,14 +350,20 @@ def build_model(
     """Build an untrained model producing ``num_classes`` logits for inputs of ``input_shape``.
 
     Args:
-        name: A key of :data:`MODELS`, ``tv:<torchvision name>`` or ``timm:<timm name>``.
-        input_shape: One example's shape, (C, H, W).
+        name: A key of :data:`MODELS`, ``tv:<torchvision name>``, ``timm:<timm name>``, or your
+            builder as ``package.module:function``, called with ``options`` as keyword arguments
+            plus ``input_shape`` and ``num_classes`` where it declares them.
+        input_shape: One example's shape, (C, H, W) for the built-in models.
         num_classes: Number of output logits.
         **options: Model options (see :func:`model_options`); for tv/timm, passed through.
 
     Raises:
         ConfigError: Unknown model or option, or a shape the model cannot take.
     """
+    if is_import_string(name) and name.partition(":")[0] not in PREFIXES:
+        if mistyped_prefix(name):
+            raise ConfigError(mistyped_prefix(name))
+        return _imported(name, tuple(input_shape), num_classes, options)
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ConfigError(f"input_shape must be (C, H, W) (got {input_shape})")
@@ -358,6 +382,10 @@ def build_model(
                 f"model {name!r} has no option {unknown[0]!r}; "
                 f"its options: {', '.join(allowed) or '(none)'}"
             )
-        model = MODELS[name](input_shape, num_classes, **options)
+        try:
+            model = MODELS[name](input_shape, num_classes, **options)
+        except (TypeError, ValueError) as err:  # an option of the wrong type: widths="a"
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise ConfigError(f"model {name!r}: bad option value in {given} ({err})") from None
     logger.debug("built %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
     return model

@@ -7,12 +7,15 @@ itself, nested as ``oialr``: one definition, with its units.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .config import FIXED, Count, OIALRConfig, Options, Real
+from .imports import is_import_string, resolve
 from .vocab import FIXED_RANK, MODES, OIALR
 
 __all__ = ["RunConfig", "RunResult", "BUILTIN_MODELS", "MODEL_PREFIXES", "DATASETS"]
@@ -22,6 +25,16 @@ BUILTIN_MODELS = ("mlp", "lenet5", "resnet20", "minivit")
 MODEL_PREFIXES = ("tv", "timm")  # tv:<torchvision name>, timm:<timm name>
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 Mode = Literal[MODES]  # type: ignore[valid-type]
+
+
+def mistyped_prefix(name: str) -> str | None:
+    """Why ``name`` (``nope:resnet18``) is neither a model prefix nor an importable builder,
+    or None."""
+    module = name.partition(":")[0]
+    if ":" in name and "." not in module and importlib.util.find_spec(module) is None:
+        prefixes = ", ".join(f"{p}:" for p in MODEL_PREFIXES)
+        return f"unknown model {name!r}: {module!r} is neither a prefix ({prefixes}) nor a module"
+    return None
 
 
 def model_names() -> list[str]:
@@ -36,11 +49,21 @@ class RunConfig(Options):
     what: ClassVar[str] = "run option "
 
     name: str | None = Field(None, description="run name (default: model-dataset-mode-seed)")
-    model: str = Field("mlp", description="mlp, lenet5, resnet20, minivit, tv:<name>, timm:<name>")
+    model: str = Field(
+        "mlp",
+        description="mlp, lenet5, resnet20, minivit, tv:<name>, timm:<name>, or your builder as "
+        "package.module:function",
+    )
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword options of the model"
     )
-    dataset: str = Field("fashion-mnist", description=f"one of {', '.join(DATASETS)}")
+    dataset: str = Field(
+        "fashion-mnist",
+        description=f"{', '.join(DATASETS)}, or your loader as package.module:function",
+    )
+    dataset_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of your dataset loader"
+    )
     data_dir: str | None = Field(None, description="where the dataset's files are")
     download: bool = Field(
         False,
@@ -72,10 +95,32 @@ class RunConfig(Options):
     seed: Count = Field(0, json_schema_extra=FIXED)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = Field(True, description="bf16 autocast on CUDA", json_schema_extra=FIXED)
+    memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        "auto",
+        description="convnets' memory layout; auto: channels_last on the CPU (measured faster)",
+        json_schema_extra=FIXED,
+    )
     log_every: Count = Field(
         10, ge=1, description="steps between logged loss/lr/step-time rows", json_schema_extra=FIXED
     )
     checkpoint_dir: str | None = Field(None, description="checkpoint every epoch here")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (name.strip(". ") == "" or any(c in name for c in "/\\\0")):
+            raise ValueError(
+                f"run name {name!r} must be a plain name, without '/' (it names the run's "
+                "checkpoint folder)"
+            )
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        return device
 
     @field_validator("model")
     @classmethod
@@ -83,14 +128,34 @@ class RunConfig(Options):
         prefix, sep, rest = name.partition(":")
         if name in BUILTIN_MODELS or (sep and prefix in MODEL_PREFIXES and rest):
             return name
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+        if is_import_string(name):
+            if mistyped_prefix(name):
+                raise ValueError(mistyped_prefix(name))
+            resolve(name, "model")  # importable and callable, or one line saying what is not
+            return name
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(model_names())}, or name your "
+            "builder as package.module:function"
+        )
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-        return name
+        if name in DATASETS:
+            return name
+        if is_import_string(name):
+            resolve(name, "dataset")
+            return name
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or name your "
+            "loader as package.module:function"
+        )
+
+    @model_validator(mode="after")
+    def _dataset_options_are_for_loaders(self) -> RunConfig:
+        if self.dataset_options and self.dataset in DATASETS:
+            raise ValueError("dataset_options are for your own loader (package.module:function)")
+        return self
 
     @model_validator(mode="after")
     def _mode_and_rank(self) -> RunConfig:
@@ -122,6 +187,7 @@ class RunResult:
     epochs: int
     conversion_step: int | None
     ranks: dict[str, int] = field(default_factory=dict)
+    warm_start_step: int = 0  # the step a shared warm-up snapshot started it at (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

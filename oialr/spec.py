@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import StepUnit
 from .errors import ConfigError, validation_error
+from .imports import is_import_string, resolve
 from .options import SEARCHABLE, Option, nest
 from .run_config import RunConfig
 from .vocab import FIXED_RANK, OIALR, TrialAttr
@@ -62,11 +63,9 @@ class SearchParam(BaseModel):
             return [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
         return [("low", self.low), ("high", self.high)]
 
-    def is_integer(self, option: Option) -> bool:
-        """Sampled as integers: counts, and durations given in whole steps."""
-        return option.kind == "int" or (
-            self.unit == "steps" and self.step is None and float(self.low).is_integer()
-        )
+    def is_integer(self, option: Option, unit: str | None) -> bool:
+        """Sampled as integers: counts, and durations in steps (``unit``: the one in effect)."""
+        return option.kind == "int" or unit == "steps"
 
 
 class Objective(BaseModel):
@@ -79,6 +78,20 @@ class Objective(BaseModel):
     kind: Literal["pareto", "accuracy"] = "pareto"
     third: Literal["stored_fraction", "wall_time"] | None = None
     max_trainable_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    train: str | None = Field(
+        None,
+        description="your training loop as package.module:function, called once per trial "
+        "and seed with an oialr.tracking.RunHandle (None: oialr's own loop)",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _importable(cls, text: str | None) -> str | None:
+        if text is not None:
+            if not is_import_string(text):
+                raise ValueError(f"{text!r} is not an import string like 'mypkg.train:run'")
+            resolve(text, "objective.train")
+        return text
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -118,6 +131,9 @@ class Budget(BaseModel):
         20, ge=1, description="trials in all, baselines included, all workers together"
     )
     timeout: float | None = Field(None, gt=0, description="seconds per worker")
+    failures_in_a_row: int = Field(
+        5, ge=1, description="stop the study once this many trials in a row fail alike"
+    )
 
 
 class Baselines(BaseModel):
@@ -153,6 +169,17 @@ class StudySpec(BaseModel):
     baselines: Baselines = Field(default_factory=Baselines)
     seeds: int = Field(1, ge=1, le=10, description="seeds per configuration; values are means")
 
+    def unit_of(self, name: str) -> str | None:
+        """The unit a searched duration is drawn in: its own, else the run's (None: not a
+        duration)."""
+        option = SEARCHABLE[name]
+        if option.unit is None:
+            return None
+        if name in self.search and self.search[name].unit:
+            return self.search[name].unit
+        cfg = RunConfig.build(**self.run)
+        return getattr(cfg.oialr if option.path[0] == "oialr" else cfg, option.unit)
+
     def baseline_delay(self) -> dict[str, Any]:
         """``delay``/``delay_unit`` of the fixed-rank baselines."""
         if self.baselines.delay is not None:
@@ -164,6 +191,22 @@ class StudySpec(BaseModel):
             param = self.search["delay"]
             return {"delay": param.low, "delay_unit": param.unit or "steps"}
         return {}
+
+    def latest_delay(self) -> tuple[float, str] | None:
+        """The latest conversion any trial of this study may have, as ``(value, unit)``: how far
+        its dense warm-up is worth sharing (None: unknown, a custom loop)."""
+        if self.objective.train is not None:
+            return None
+        run = self.run_config({}, OIALR).oialr
+        ends = [(run.delay, run.delay_unit)]
+        if "delay" in self.search:
+            param = self.search["delay"]
+            top = max(param.choices) if param.choices is not None else param.high
+            ends.append((top, param.unit or run.delay_unit))
+        if self.baseline_delay():
+            ends.append((self.baseline_delay()["delay"], self.baseline_delay()["delay_unit"]))
+        units = {unit for _, unit in ends}
+        return max(ends) if len(units) == 1 else None
 
     def run_values(
         self,
@@ -201,6 +244,12 @@ def _check_semantics(spec: StudySpec) -> None:
         RunConfig.build(**spec.run)
     except ConfigError as err:
         raise ConfigError(str(err).split(": ", 1)[-1], field=f"run.{err.field}") from None
+    if not spec.search:
+        raise ConfigError(
+            "searches nothing, so every trial would train the same configuration; add a table "
+            "such as [search.sigma_cutoff] with low and high",
+            field="search",
+        )
     for name, param in spec.search.items():
         _check_param(spec, name, param)
     if spec.pruner.name != "none" and spec.objective.kind != "accuracy":
@@ -227,7 +276,16 @@ def _check_param(spec: StudySpec, name: str, param: SearchParam) -> None:
         raise ConfigError(f"only durations ({durations}) take a unit", field=f"{where}.unit")
     if option.kind == "bool" and param.choices is None:
         raise ConfigError("a switch is tuned with choices = [false, true]", field=where)
+    whole = param.choices is None and param.is_integer(option, spec.unit_of(name))
+    if whole:
+        for end in ("low", "high", "step"):  # Optuna draws whole numbers between whole ends
+            value = getattr(param, end)
+            if value is not None and not float(value).is_integer():
+                what = "steps" if option.kind != "int" else "whole numbers"
+                raise ConfigError(f"{name} takes {what}: give a whole number (got {value:g})",
+                                  field=f"{where}.{end}")  # fmt: skip
     for end, value in param.points():  # ranges are intervals: their ends stand for them
+        value = int(value) if whole else value  # as Optuna will draw it
         try:
             RunConfig.build(**spec.run_values({name: value}, OIALR))
         except ConfigError as err:
@@ -277,4 +335,8 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file; a spec is TOML") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a study spec") from None
     return parse_spec(apply_overrides(data, list(overrides)), source=str(path))

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import statistics
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -31,13 +33,25 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import ConfigError, Interrupted, RunPruned, StorageError
+from .errors import ConfigError, Interrupted, RunPruned, StorageError, StudyStopped
+from .imports import resolve
 from .metrics_store import MetricsStore
 from .options import SEARCHABLE, train_command
 from .recorders import StoreRecorder
 from .run_config import RunConfig, RunResult
 from .spec import StudySpec
-from .vocab import DENSE, FIXED_RANK, OBJECTIVES_ATTR, OIALR, SPEC_ATTR, TrialAttr, mask_url
+from .tracking import RunHandle
+from .vocab import (
+    DENSE,
+    FIXED_RANK,
+    OBJECTIVES_ATTR,
+    OIALR,
+    SPEC_ATTR,
+    TrialAttr,
+    mask_url,
+    sqlite_file,
+)
+from .warmup import WarmupCache
 
 _logger = logging.getLogger(__name__)
 
@@ -53,13 +67,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _RECONNECTS = 6  # tries to get back to a lost storage between trials (1 + 2 + … + 32 s)
 
 
-def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
+def open_storage(url: str, heartbeat: int | None = None, *, create: bool = True) -> RDBStorage:
     """Optuna's RDB storage on ``url``, with heartbeats when ``heartbeat`` seconds are given.
 
-    Our metrics store is opened first: it validates the URL with a one-line error, creates our
+    Unless ``create`` is False (read-only commands, on a storage checked to hold studies), our
+    metrics store is opened first: it validates the URL with a one-line error, creates our
     tables and puts SQLite in WAL mode, which lets readers and several writers share the file.
     """
-    MetricsStore(url).close()
+    if create:
+        MetricsStore(url).close()
     sqlite = url.startswith("sqlite")
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if sqlite:  # transactions begin explicitly (below); wait up to 30 s for the write lock
@@ -194,7 +210,7 @@ def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     for name, p in spec.search.items():
         if p.choices is not None:
             params[name] = trial.suggest_categorical(name, p.choices)
-        elif p.is_integer(SEARCHABLE[name]):
+        elif p.is_integer(SEARCHABLE[name], spec.unit_of(name)):
             params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log,
                                              step=int(p.step or 1))  # fmt: skip
         else:
@@ -209,6 +225,7 @@ class Objective:
     spec: StudySpec
     url: str
     interrupts: _Interrupts | None = None
+    warmup: WarmupCache | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.interrupts is not None:
@@ -225,14 +242,19 @@ class Objective:
         trial.set_user_attr(TrialAttr.MODE, mode)
         trial.set_user_attr(TrialAttr.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         results: list[RunResult] = []
+        loop = self.spec.objective.train
         try:
             with MetricsStore(self.url) as store:
                 for seed in range(self.spec.seeds):
                     cfg = self.spec.run_config(params, mode, seed, fixed_rank=rank)
                     if seed == 0:
-                        trial.set_user_attr(TrialAttr.COMMAND, train_command(cfg))
+                        trial.set_user_attr(TrialAttr.COMMAND, self._command(cfg, params))
                     prune = self.spec.objective.kind == "accuracy" and seed == 0
-                    results.append(fit(cfg, _TrialRecorder(store, trial, prune, cfg.epochs)))
+                    recorder = _TrialRecorder(store, trial, prune, cfg.epochs)
+                    if loop is None:
+                        results.append(fit(cfg, recorder, warmup=self.warmup))
+                    else:
+                        results.append(_run_loop(loop, RunHandle(recorder, cfg, params)))
         except RunPruned as err:
             raise optuna.TrialPruned(str(err)) from None
         except BaseException as err:
@@ -240,6 +262,14 @@ class Objective:
             trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
             raise
         return self._report(trial, results)
+
+    def _command(self, cfg: RunConfig, params: dict[str, Any]) -> str:
+        """What reproduces the trial: an ``oialr train`` command, or the loop and its parameters."""
+        loop = self.spec.objective.train
+        if loop is None:
+            return train_command(cfg)
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or cfg.mode
+        return f"{loop} with {shown} (oialr study run {self.spec.name}: objective.train)"
 
     def _report(self, trial: optuna.Trial, results: list[RunResult]) -> float | list[float]:
         def mean(key: str) -> float:
@@ -252,6 +282,7 @@ class Objective:
             TrialAttr.TRAINABLE_FRACTION: mean("trainable_fraction"),
             TrialAttr.STORED_FRACTION: mean("stored_fraction"),
             TrialAttr.WALL_TIME: mean("wall_time"),
+            TrialAttr.STEPS_TRAINED: sum(r.steps - r.warm_start_step for r in results),
         }
         if len(results) > 1:
             attrs[TrialAttr.VAL_ACC_STD] = statistics.stdev(r.final_val_acc for r in results)
@@ -262,6 +293,19 @@ class Objective:
             trial.set_user_attr(key, value)
         values = [attrs[name] for name in self.spec.objective.names]
         return values[0] if len(values) == 1 else values
+
+
+def _run_loop(loop: str, handle: RunHandle) -> RunResult:
+    """Run your training loop once and what it reported, as a finished run."""
+    with handle:
+        returned = resolve(loop, "objective.train")(handle)
+        if not handle.epochs:
+            raise ConfigError(
+                f"objective.train {loop} reported no epoch: call run.epoch(val_acc=...) at the "
+                "end of each epoch (its validation accuracy is the trial's objective)"
+            )
+        test = returned if isinstance(returned, dict) else {}
+        return handle.finish(**{k: test[k] for k in ("test_acc", "test_loss") if k in test})
 
 
 # -- workers -------------------------------------------------------------------------------------
@@ -304,8 +348,10 @@ def run_worker(
     timeout: float | None = None,
     heartbeat: int = 30,
     callbacks: list[Callable] = (),
+    warmup: WarmupCache | None = None,
 ) -> optuna.Study:
-    """Run trials in this process until the study holds ``n_trials`` finished trials.
+    """Run trials in this process until the study holds ``n_trials`` finished trials, sharing
+    their dense warm-up through ``warmup`` when given (:mod:`oialr.warmup`).
 
     SIGINT and SIGTERM end the running trial as FAIL with the reason recorded (Optuna marks it
     on the way out), then raise :class:`Interrupted`; running the command again continues.
@@ -315,18 +361,20 @@ def run_worker(
     n_trials = n_trials or spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout
     interrupts = _Interrupts(study)
+    failures = FailureBudget(spec.budget.failures_in_a_row)
     previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for attempt in range(_RECONNECTS + 1):
             try:
                 if _finished(study) < n_trials:
                     study.optimize(
-                        Objective(spec, url, interrupts),
+                        Objective(spec, url, interrupts, warmup),
                         timeout=timeout,
                         catch=(Exception,),  # a failing trial is recorded FAIL; the study goes on
                         callbacks=[
                             MaxTrialsCallback(n_trials, states=FINISHED),
                             _log_failure,
+                            failures,
                             *callbacks,
                         ],
                         gc_after_trial=True,
@@ -345,7 +393,40 @@ def run_worker(
         for s, handler in previous.items():
             signal.signal(s, handler)
     interrupts.raise_if_received()
+    if failures.reason is not None:
+        raise StudyStopped(
+            f"study {study.study_name!r} stopped: {failures.limit} trials in a row failed with "
+            f"{failures.reason}"
+        )
     return study
+
+
+class FailureBudget:
+    """Stops the study once its last ``limit`` finished trials (every worker's) all failed for
+    the same reason (numbers aside): an error each trial meets again, a broken loop or a missing
+    file, is not worth the rest of the budget. The reason is then kept in ``reason``."""
+
+    def __init__(self, limit: int):
+        self.limit, self.reason = limit, None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            return
+        ended = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+        last = sorted(ended, key=lambda t: t.datetime_complete or t.datetime_start)[-self.limit :]
+        reasons = {_shape(t.user_attrs.get(TrialAttr.FAIL_REASON, "")) for t in last}
+        if (
+            len(last) == self.limit
+            and len(reasons) == 1
+            and all(t.state == TrialState.FAIL for t in last)
+        ):
+            self.reason = trial.user_attrs.get(TrialAttr.FAIL_REASON, "no reason recorded")
+            study.stop()
+
+
+def _shape(reason: str) -> str:
+    """A failure reason without its numbers (a step, a loss value), to compare with others."""
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", reason)
 
 
 def _log_failure(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -359,14 +440,24 @@ def _finished(study: optuna.Study) -> int:
 
 
 def worker_command(spec_path: str, url: str, study_name: str, n_trials: int | None,
-                   timeout: float | None, heartbeat: int) -> list[str]:  # fmt: skip
+                   timeout: float | None, heartbeat: int, warmup: Path | None) -> list[str]:  # fmt: skip
     cmd = [sys.executable, "-m", "oialr", "study", "run", spec_path, "--storage", url,
            "--study-name", study_name, "--workers", "1", "--quiet", "--heartbeat", str(heartbeat)]  # fmt: skip
     if n_trials:
         cmd += ["--n-trials", str(n_trials)]
     if timeout:
         cmd += ["--timeout", str(timeout)]
+    cmd += ["--warmup-cache", str(warmup)] if warmup is not None else ["--no-warmup-cache"]
     return cmd
+
+
+def default_warmup_cache(url: str) -> Path:
+    """Where a study's warm-up snapshots go unless told: beside a SQLite file, else in the
+    user's cache (a shared path, given with --warmup-cache, serves several machines)."""
+    path = sqlite_file(url)
+    if path is not None:
+        return path.with_name(path.name + ".warmup")
+    return Path("~/.cache/oialr/warmup").expanduser()
 
 
 def run_workers(

@@ -45,6 +45,7 @@ class TrialAttr:
     TRAINABLE_FRACTION = "trainable_fraction"
     STORED_FRACTION = "stored_fraction"
     WALL_TIME = "wall_time"
+    STEPS_TRAINED = "steps_trained"  # its runs' steps, less those a warm-up snapshot gave them
     CONSTRAINT = "constraint"  # ≤ 0: feasible under objective.max_trainable_fraction
 
 

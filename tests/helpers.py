@@ -55,11 +55,13 @@ def env_with_repo(**extra: str) -> dict[str, str]:
     }  # fmt: skip
 
 
-def cli(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, timeout: float = 600, cwd: Path = REPO, env=None
+) -> subprocess.CompletedProcess:
     """Run ``python -m oialr ARGS`` in a real process and wait for it."""
     return subprocess.run(
         [sys.executable, "-m", "oialr", *args], capture_output=True, text=True, timeout=timeout,
-        env=env_with_repo(), cwd=cwd,
+        env=env or env_with_repo(), cwd=cwd,
     )  # fmt: skip
 
 

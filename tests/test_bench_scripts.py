@@ -33,9 +33,12 @@ def test_study_bench_quick(tmp_path):
     for key in ("wall_s", "trials_per_hour", "finished_trials", "epochs_trained",
                 "best_val_acc", "dense_val_acc", "min_fraction_within_1pt"):  # fmt: skip
         assert key in q, key
-    assert q["finished_trials"] == 3
+    assert q["finished_trials"] == 5
     assert q["wall_s"] > 0 and q["trials_per_hour"] > 0
     assert 0.0 <= q["best_val_acc"] <= 1.0
+    # side by side without the shared warm-up and data cache: the same trials, the same values
+    assert q["same_values"] is True and q["unshared"]["finished_trials"] == 5
+    assert q["epochs_trained"] < q["unshared"]["epochs_trained"] == q["epochs_recorded"]
 
     p = data["pruning"]
     assert p["same_configurations"] is True  # random sampler, same seed
@@ -52,6 +55,16 @@ def test_study_bench_quick(tmp_path):
         assert key in s["sqlite"], key
     assert s["sqlite"]["optuna_sessions"] > 0
     assert s["postgresql"]["measured"] is False  # off with --quick
+
+
+@pytest.mark.slow
+def test_loop_overhead_quick(tmp_path):
+    need_fashion_mnist()
+    data = run_script("loop_overhead.py", tmp_path / "loop.json", "--quick")
+    cases = [r["case"] for r in data["results"]]
+    assert cases == ["mlp", "lenet5", "lenet5 channels_last"]
+    assert all(r["fit_ms"] > 0 and r["plain_ms"] > 0 and r["windows"] >= 2 for r in data["results"])
+    assert set(data["channels_last_speedup"]) == {"lenet5"} and "met" in data["goal"]
 
 
 @pytest.mark.slow

@@ -47,5 +47,7 @@ def test_gpu_check_dry_run(tmp_path):
         "minivit_oialr",
         "step_time",
         "study_time",
+        "packing",
     } <= summary.keys()
+    assert [r["workers"] for r in summary["packing"]["specs"]["quickstart"]["rows"]] == [1, 2]
     assert summary["minivit_oialr"]["trainable_fraction"] < 1.0

@@ -152,14 +152,14 @@ def test_cli_train_prints_json_and_reproduces_from_its_command(tmp_path, capsys)
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--epochs", "zero"], "--epochs: Value error, must be a whole number, not str"),
+        (["--epochs", "zero"], "--epochs: must be a whole number, not str"),
         (["--sigma-cutoff", "1.5"], "--sigma-cutoff: Input should be less than 1 (got 1.5)"),
         (["--model", "gpt9"], "gpt9"),
         (["--dataset", "imagenet21k"], "imagenet21k"),
         (["--model-options", "nonsense"], "KEY=VALUE"),
         (["--max-cut-per-update", "1.5"], "--max-cut-per-update: Input should be less than"),
-        (["--delay", "inf"], "--delay: Value error, must be finite"),
-        (["--epochs", "2.5"], "--epochs: Value error, must be a whole number"),
+        (["--delay", "inf"], "--delay: must be finite"),
+        (["--epochs", "2.5"], "--epochs: must be a whole number"),
         (["--mode", "fixed-rank"], "mode 'fixed-rank' needs oialr.fixed_rank"),
         (["--config", "/nonexistent/run.toml"], "no such file"),
         (["--storage", "notaurl"], "notaurl"),
