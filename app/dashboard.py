@@ -1,6 +1,7 @@
 """OIALR Studio's script (served by ``app/streamlit_app.py``; ``streamlit run app/dashboard.py``
 runs it without compression): routes to the pages in app_pages/ and draws the shared study
-selector; pages read the storage URL and the chosen study from ``st.session_state["ctx"]``.
+selector; pages read the storage URL, the chosen study and the :class:`app.links.Links` that
+checks their URL parameters from ``st.session_state["ctx"]``.
 """
 
 import os
@@ -10,6 +11,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import queries
+from app.links import Links, quoted
 from app.optuna_reads import StudyMissing
 from oialr.vocab import mask_url
 
@@ -37,9 +39,12 @@ if status.kind != "ok":
 if status.warning:
     st.sidebar.warning(status.warning)
 studies = queries.studies(url)
-study = st.sidebar.selectbox("Study", studies["study"].tolist(), key="study", bind="query-params")
+names = studies["study"].tolist()
+links = Links()  # above every page: what a shared link asked for and could not get
+links.check("study", names, what="Study", where="in this storage", instead=quoted(names[0]))
+study = st.sidebar.selectbox("Study", names, key="study", bind="query-params")
 study_id = int(studies.loc[studies["study"] == study, "study_id"].iloc[0])
-st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id}
+st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id, "links": links}
 try:
     page.run()
 except (

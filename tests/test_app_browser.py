@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import app_fixtures
 import pytest
@@ -297,3 +298,35 @@ def test_pages_of_a_10000_trial_study_draw_a_stated_sample(large_server, browser
         ".map(g => g.querySelectorAll('path.point').length)"
     )
     assert 0 < max(drawn) <= 2_000 + 10  # a bounded sample, drawn (and the baselines)
+
+
+def _link_warnings(page) -> list[str]:
+    """The text of every alert on the page that names a shared link's value and its fallback."""
+    alerts = page.locator('[data-testid="stAlertContainer"]')
+    return [t for t in alerts.all_inner_texts() if "instead." in t]
+
+
+def test_a_shared_link_to_a_missing_trial_says_what_it_shows(server, browser_page):
+    browser_page.goto(server + "/trial?trial=999999")
+    browser_page.get_by_text("Trial 999999 is not a trial of tiny").wait_for(timeout=60_000)
+    browser_page.wait_for_function(ALL_DRAWN, timeout=60_000)
+    [warning] = _link_warnings(browser_page)
+    shown = re.search(r"showing trial (\d+) instead\.", warning)
+    assert shown, warning
+    heading = f"Trial {shown[1]} of tiny"
+    assert browser_page.get_by_role("heading", name=heading).first.is_visible()
+    _assert_clean(browser_page)
+
+
+def test_a_shared_link_with_garbage_is_capped_and_not_rendered_as_markdown(server, browser_page):
+    link = "[click me](http://example.com)"
+    browser_page.goto(f"{server}/pareto?study={quote(link)}&color={'x' * 30_000}")
+    browser_page.get_by_text("is not in this storage").wait_for(timeout=60_000)
+    browser_page.wait_for_function(ALL_DRAWN, timeout=60_000)
+    [warning] = _link_warnings(browser_page)
+    assert f"Study {link} is not in this storage: showing tiny instead." in warning
+    assert f"Colour {'x' * 79}… is not a searched parameter of tiny" in warning
+    alert = browser_page.locator('[data-testid="stAlertContainer"]', has_text="instead.")
+    assert alert.locator("a").count() == 0  # the link's text stays text
+    assert alert.locator("code").first.inner_text() == link
+    _assert_clean(browser_page)

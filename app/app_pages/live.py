@@ -3,12 +3,13 @@
 import streamlit as st
 
 from app import charts, layer_ui, queries
+from app.links import quoted, url_number
 
 ctx = st.session_state["ctx"]
 url = ctx["url"]
 st.title("Live")
-asked = st.query_params.get("trial")  # a shared link may name any trial, not only recent ones
-runs = queries.live_runs(url, ctx["study"], int(asked) if str(asked).isdigit() else None)
+# A shared link may name any trial, not only the recent ones offered below.
+runs = queries.live_runs(url, ctx["study"], url_number(st.query_params.get("trial")))
 if runs.empty:
     st.info("No run of this study has written metrics yet: they appear once a worker starts.")
     st.stop()
@@ -17,6 +18,11 @@ runs = runs.assign(live=runs["status"] == "running").sort_values(
     ["live", "updated_at"], ascending=False
 )
 by_trial = runs.set_index("trial_number")
+ctx["links"].check(
+    "trial", {str(n) for n in by_trial.index}, what="Trial",
+    where=f"a trial of {quoted(ctx['study'])} with metrics",
+    instead=f"trial {by_trial.index[0]}",
+)  # fmt: skip
 # Plain trial numbers as options: the URL (?trial=5) stays short and is shared with the Trial page.
 trial = st.selectbox(
     "Trial", by_trial.index.tolist(), key="trial", bind="query-params",

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import charts, queries, views
+from app.links import quoted
 
 ctx = st.session_state["ctx"]
 url, study_id = ctx["url"], ctx["study_id"]
@@ -29,8 +30,14 @@ def sampled(fig) -> None:
 
 
 # One objective at a time: a row of cells per objective doubled the page's drawing time.
+links = ctx["links"]
 shown = objectives
 if len(objectives) > 1:
+    links.check(
+        "slices_of", [charts.label(o) for o in objectives], what="Slices of",
+        where=" or ".join(quoted(charts.label(o)) for o in objectives),
+        instead=quoted(charts.label(objectives[0])),
+    )  # fmt: skip
     shown = [st.radio("Slices of", objectives, format_func=charts.label, horizontal=True,
                       key="slices_of", bind="query-params")]  # fmt: skip
 fig = views.slices(url, study_id, tuple(shown))
@@ -56,6 +63,11 @@ sampled(fig)
 
 left, right = st.columns(2)
 with left:
+    links.check(
+        "evaluator", queries.EVALUATORS, what="Importance evaluator",
+        where=" or ".join(quoted(e) for e in queries.EVALUATORS),
+        instead=quoted(queries.EVALUATORS[0]),
+    )  # fmt: skip
     evaluator = st.radio(
         "Importance evaluator", queries.EVALUATORS, horizontal=True, key="evaluator",
         bind="query-params",

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import charts, queries, views
+from app.links import quoted
 from oialr.vocab import TrialAttr
 
 ctx = st.session_state["ctx"]
@@ -22,14 +23,38 @@ if done.empty:
     st.stop()
 
 params = [queries.PARAM_PREFIX + p for p in trials.params]
-c1, c2, c3 = st.columns([1, 1, 2])
-x = c1.radio(
-    "Size axis",
-    ["trainable_fraction", "stored_fraction"],
-    format_func=charts.label,
-    key="x",
-    bind="query-params",
+sizes = ["trainable_fraction", "stored_fraction"]
+index = queries.studies_index(url)
+others = [s for s in index if s != ctx["study"]]
+links = ctx["links"]
+links.check(
+    "x",
+    [charts.label(s) for s in sizes],
+    what="Size axis",
+    where=" or ".join(quoted(charts.label(s)) for s in sizes),
+    instead=quoted(charts.label(sizes[0])),
 )
+links.check(
+    "color",
+    [charts.label(p) for p in params],
+    what="Colour",
+    where=f"a searched parameter of {quoted(ctx['study'])}",
+    instead="no colour",
+)
+links.check(
+    "test",
+    ("true", "false"),
+    what="Show test accuracy",
+    where="`true` or `false`",
+    instead="validation accuracy only",
+    case_sensitive=False,
+)
+links.check_all(
+    "overlay", others, what=("Overlay study", "Overlay studies"),
+    where="another study in this storage", doing="overlaying", default=[],
+)  # fmt: skip
+c1, c2, c3 = st.columns([1, 1, 2])
+x = c1.radio("Size axis", sizes, format_func=charts.label, key="x", bind="query-params")
 color = c2.selectbox(
     "Colour by",
     [None, *params],
@@ -38,8 +63,6 @@ color = c2.selectbox(
     bind="query-params",
 )
 show_test = c2.checkbox("Show test accuracy", key="test", bind="query-params")
-index = queries.studies_index(url)
-others = [s for s in index if s != ctx["study"]]
 overlay = c3.multiselect("Overlay studies", others, key="overlay", bind="query-params")
 names = [ctx["study"], *overlay]
 ids = tuple(index[n] for n in names)

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, layer_ui, queries
+from app.links import quoted
 from app.tables import markdown_table
 from oialr.vocab import FIXED_RANK, TrialAttr
 
@@ -29,6 +30,11 @@ else:
 default = numbers.index(best) if best is not None else 0
 # Plain numbers as options: a bound widget writes its *label* to the URL, and ?trial=5 must
 # stay valid when the trial's state changes.
+links = ctx["links"]
+links.check(
+    "trial", {str(n) for n in numbers}, what="Trial", where=f"a trial of {quoted(ctx['study'])}",
+    instead=f"trial {numbers[default]}",
+)  # fmt: skip
 trial = st.selectbox("Trial", numbers, index=default, key="trial", bind="query-params")
 row = frame.loc[trial]
 others = [n for n in numbers if n != trial]
@@ -92,6 +98,11 @@ else:
     layer_ui.rank_measures_ui(history, key="trial_ranks")
 
 st.subheader("Compare")
+links.check_all(
+    "compare", {names[n] for n in others}, what=("Trial to compare", "Trials to compare"),
+    where=f"another trial of {quoted(ctx['study'])}", doing="comparing with",
+    default=[names[n] for n in fixed[:3]],
+)  # fmt: skip
 compare = st.multiselect(
     "Compare with trials (up to 3)", others, default=fixed[:3], max_selections=3,
     key="compare", bind="query-params", format_func=lambda n: names[n],
