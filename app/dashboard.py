@@ -1,6 +1,7 @@
 """OIALR Studio's script (served by ``app/streamlit_app.py``; ``streamlit run app/dashboard.py``
 runs it without compression): routes to the pages in app_pages/ and draws the shared study
-selector; pages read the storage URL, the chosen study and the :class:`app.links.Links` that
+selector; pages read the storage URL, the chosen study (None in a storage that holds only runs
+recorded without a study: then Live is the only page) and the :class:`app.links.Links` that
 checks their URL parameters from ``st.session_state["ctx"]``.
 """
 
@@ -25,26 +26,36 @@ PAGES = [
     ("parameters", "Parameters", "tune"),
     ("trial", "Trial", "biotech"),
 ]
+status = queries.status(url)
+# Only runs recorded without a study (oialr.record, oialr train): the Live page alone shows them.
+recorded_only = (
+    status.kind == "empty" and status.has_metrics and not queries.recorded_runs(url).empty
+)
 page = st.navigation(
     [
         st.Page(f"app_pages/{stem}.py", title=title, icon=f":material/{icon}:", url_path=stem)
         for stem, title, icon in PAGES
+        if stem == "live" or not recorded_only
     ]
 )
 st.sidebar.caption(f"Storage: `{mask_url(url)}`")
-status = queries.status(url)
-if status.kind != "ok":
+if status.kind != "ok" and not recorded_only:
     st.info(status.message, icon=":material/info:")
     st.stop()
 if status.warning:
     st.sidebar.warning(status.warning)
-studies = queries.studies(url)
-names = studies["study"].tolist()
 links = Links()  # above every page: what a shared link asked for and could not get
-links.check("study", names, what="Study", where="in this storage", instead=quoted(names[0]))
-study = st.sidebar.selectbox("Study", names, key="study", bind="query-params")
-study_id = int(studies.loc[studies["study"] == study, "study_id"].iloc[0])
-st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id, "links": links}
+if recorded_only:
+    st.sidebar.caption("No Optuna study here: only runs recorded without a study, on Live.")
+    links.check("study", (), what="Study", where="in this storage", instead="runs without a study")
+    st.session_state["ctx"] = {"url": url, "study": None, "study_id": None, "links": links}
+else:
+    studies = queries.studies(url)
+    names = studies["study"].tolist()
+    links.check("study", names, what="Study", where="in this storage", instead=quoted(names[0]))
+    study = st.sidebar.selectbox("Study", names, key="study", bind="query-params")
+    study_id = int(studies.loc[studies["study"] == study, "study_id"].iloc[0])
+    st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id, "links": links}
 try:
     page.run()
 except (

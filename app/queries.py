@@ -163,7 +163,9 @@ def probe(url: str, engine: Engine | None = None) -> StorageStatus:
             f"({sorted(KNOWN_OPTUNA_SCHEMAS)}); some views may be wrong."
         )
     if not count:
-        return StorageStatus("empty", f"No studies in `{shown}` yet: {hint}.", schema)
+        return StorageStatus(
+            "empty", f"No studies in `{shown}` yet: {hint}.", schema, "oialr_runs" in tables
+        )
     return StorageStatus("ok", "", schema, "oialr_runs" in tables, warning)
 
 
@@ -267,6 +269,20 @@ def live_runs(url: str, study_name: str, also: int | None = None) -> pd.DataFram
     found = metrics.latest_runs(study_name, full=False, recent=RECENT_RUNS)
     if also is not None and also not in set(found["trial_number"]):
         extra = metrics.latest_runs(study_name, full=False, trial_numbers=[also])
+        found = pd.concat([found, extra], ignore_index=True) if len(extra) else found
+    return found
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def recorded_runs(url: str, also: int | None = None) -> pd.DataFrame:
+    """The runs recorded without a study that the Live page offers: every running one, the
+    ``RECENT_RUNS`` written last, and run ``also`` (the one in the URL) wherever it is."""
+    if not status(url).has_metrics:
+        return pd.DataFrame(columns=NO_RUNS)
+    metrics = reader(url)
+    found = metrics.recorded_runs(full=False, recent=RECENT_RUNS)
+    if also is not None and also not in set(found["id"]):
+        extra = metrics.recorded_runs(full=False, run_ids=[also])
         found = pd.concat([found, extra], ignore_index=True) if len(extra) else found
     return found
 

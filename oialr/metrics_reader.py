@@ -119,6 +119,26 @@ class MetricsReader:
             stmt = stmt.where(sa.or_(rt.c.status == RUNNING, rt.c.id.in_(newest)))
         return self.frame(stmt.order_by(rt.c.trial_number))
 
+    def recorded_runs(
+        self,
+        *,
+        full: bool = True,
+        run_ids: Sequence[int] | None = None,
+        recent: int | None = None,
+    ) -> pd.DataFrame:
+        """Runs recorded without a study (``oialr.record``, ``oialr train``), newest first; only
+        those of ``run_ids`` if given, and with ``recent``, only the running runs and the
+        ``recent`` most recently written others."""
+        rt = runs_table
+        where = [rt.c.study_name.is_(None)]
+        if run_ids is not None:
+            where.append(rt.c.id.in_([int(i) for i in run_ids]))
+        stmt = sa.select(*self._columns(rt, full)).where(*where)
+        if recent is not None:
+            newest = sa.select(rt.c.id).where(*where).order_by(rt.c.updated_at.desc())
+            stmt = stmt.where(sa.or_(rt.c.status == RUNNING, rt.c.id.in_(newest.limit(recent))))
+        return self.frame(stmt.order_by(rt.c.id.desc()))
+
     def run(self, run_id: int, *, full: bool = True) -> dict[str, Any]:
         """One run as a dict.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import runpy
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -347,6 +349,44 @@ def test_metrics_reads_are_incremental_and_bounded(dbs):
     record = reader.layer_record(int(window["frames"]["layers"]["id"].iloc[-1]))
     assert record["sigma"] == sorted(record["sigma"], reverse=True)
     engine.dispose()
+
+
+def _record_script(url: str) -> int:
+    """Runs examples/record_script.py (``oialr.record``, no study) into ``url``: its run id."""
+    module = runpy.run_path(str(REPO / "examples" / "record_script.py"))
+    return int(module["main"](["--storage", url]).result.run_id)
+
+
+def test_a_run_recorded_without_a_study_is_live(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'script.db'}"
+    run_id = _record_script(url)
+    at = run_page(monkeypatch, url)  # no Optuna study: Live is the only page, and the default
+    assert not at.exception, at.exception
+    assert not at.info and not at.warning
+    assert [t.value for t in at.title] == ["Live"]
+    assert at.selectbox(key="run").value == run_id
+    assert f"run {run_id} `my-script`" in texts(at)
+    assert len(at.get("plotly_chart")) >= 6  # curves, fractions, ranks, measures, warm-up, Σ
+    assert "All 46 singular values" in texts(at)
+    assert "only runs recorded without a study" in at.sidebar.caption[1].value
+
+
+def test_runs_recorded_without_a_study_are_offered_beside_the_study(monkeypatch, dbs, tmp_path):
+    path = tmp_path / "both.db"
+    shutil.copy(dbs["study"].removeprefix("sqlite:///"), path)
+    url = f"sqlite:///{path}"
+    run_id = _record_script(url)
+    at = run_page(monkeypatch, url, "live")
+    assert not at.exception and not at.warning
+    assert at.radio(key="runs").value == "of the study"  # the study's trials first
+    assert at.selectbox(key="trial").value is not None
+    at = run_page(monkeypatch, url, "live", run=str(run_id))  # a shared link to the run
+    assert not at.exception and not at.warning
+    assert at.radio(key="runs").value == "recorded without a study"
+    assert at.selectbox(key="run").value == run_id
+    assert len(at.get("plotly_chart")) >= 6
+    at = run_page(monkeypatch, url, "studies")  # the study's pages are unchanged
+    assert at.dataframe[0].value.set_index("study").loc["tiny", "trials_per_hour"] > 0
 
 
 def test_live_window_keeps_only_the_newest_rows(monkeypatch, dbs):
