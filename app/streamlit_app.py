@@ -1,51 +1,20 @@
-"""OIALR Studio: `streamlit run app -- --storage URL` (else $OIALR_STORAGE, else sqlite:///oialr.db).
+"""The dashboard's server: `streamlit run app -- --storage URL` (else $OIALR_STORAGE, else
+sqlite:///oialr.db) serves :mod:`app.dashboard` through this ``st.App``.
 
-Routes to the pages in app_pages/ and draws the shared study selector; pages read the storage
-URL and the chosen study from ``st.session_state["ctx"]``.
+Two things a bare ``streamlit run app/dashboard.py`` would not do: Streamlit's JavaScript goes
+out gzip-compressed (:mod:`app.compression`), and the libraries every page needs (pandas,
+SQLAlchemy, Plotly, Optuna: about a second) are imported when the server starts rather than
+while the first visitor waits. Only modules without Streamlit caches are imported here: a
+``st.cache_data`` declared before the runtime exists would not be the runtime's.
 """
 
-import os
-import sys
-
+import optuna  # noqa: F401  (importances)
 import streamlit as st
-from sqlalchemy.exc import SQLAlchemyError
+from starlette.middleware import Middleware
 
-from app import queries
-from app.optuna_reads import StudyMissing
-from oialr.vocab import mask_url
+import app.charts  # noqa: F401  (Plotly, numpy, pandas)
+import app.optuna_reads  # noqa: F401  (SQLAlchemy)
+import oialr.metrics_reader  # noqa: F401
+from app.compression import CompressedStatic, cache_folder
 
-st.set_page_config(page_title="OIALR Studio", page_icon=":material/compress:", layout="wide")
-url = queries.storage_from_args(sys.argv[1:], os.environ)
-# (file stem = URL path, title, Material icon); the first page is the default, served at "/".
-PAGES = [
-    ("studies", "Studies", "table_view"),
-    ("live", "Live", "monitor_heart"),
-    ("pareto", "Pareto", "scatter_plot"),
-    ("parameters", "Parameters", "tune"),
-    ("trial", "Trial", "biotech"),
-]
-page = st.navigation(
-    [
-        st.Page(f"app_pages/{stem}.py", title=title, icon=f":material/{icon}:", url_path=stem)
-        for stem, title, icon in PAGES
-    ]
-)
-st.sidebar.caption(f"Storage: `{mask_url(url)}`")
-status = queries.status(url)
-if status.kind != "ok":
-    st.info(status.message, icon=":material/info:")
-    st.stop()
-if status.warning:
-    st.sidebar.warning(status.warning)
-studies = queries.studies(url)
-study = st.sidebar.selectbox("Study", studies["study"].tolist(), key="study", bind="query-params")
-study_id = int(studies.loc[studies["study"] == study, "study_id"].iloc[0])
-st.session_state["ctx"] = {"url": url, "study": study, "study_id": study_id}
-try:
-    page.run()
-except (
-    SQLAlchemyError,
-    queries.StorageUnavailable,
-    StudyMissing,
-) as exc:  # e.g. the file vanished mid-session
-    st.error(f"Cannot read `{mask_url(url)}`: {str(exc).splitlines()[0]}")
+app = st.App("dashboard.py", middleware=[Middleware(CompressedStatic, folder=cache_folder())])

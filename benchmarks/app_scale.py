@@ -26,11 +26,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy as sa
 import streamlit  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +43,23 @@ logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.E
 from app import charts, optuna_reads, queries  # noqa: E402
 from oialr.metrics_reader import MetricsReader  # noqa: E402
 from oialr.metrics_store import MetricsStore  # noqa: E402
+from oialr.records import spectrum_ranks  # noqa: E402
 
 PAGE_GOAL_S = 1.0
 POLL_GOAL_S = 0.100
-LAYERS = [f"blocks.{i}.{p}" for i in range(4) for p in ("attn", "mlp")]  # 8 layers
-TOP_K_SIGMA = 32  # singular values kept per record, as the controller's default
+# (module name, kind, rows x cols of the weight): 8 converted layers of a small ViT, full rank 256.
+LAYERS = [
+    (name, kind, rows, 256)
+    for i in range(4)
+    for name, kind, rows in ((f"blocks.{i}.attn", "MHA in-proj", 768), (f"blocks.{i}.mlp.0", "Linear", 1024))
+]  # fmt: skip
+FULL_RANK = 256
+SCALE_DISTRIBUTIONS = {
+    "delay": optuna.distributions.IntDistribution(100, 5000, log=True),
+    "update_freq": optuna.distributions.IntDistribution(10, 1000, log=True),
+    "sigma_cutoff": optuna.distributions.FloatDistribution(0.01, 0.5, log=True),
+    "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,98 +67,139 @@ TOP_K_SIGMA = 32  # singular values kept per record, as the controller's default
 # ---------------------------------------------------------------------------------------------
 
 
-def build(url: str, n_trials: int, steps_per_run: int, live_steps: int, seed: int = 0) -> dict:
-    """Writes the study and its runs' metrics; returns counts and timings."""
+def build(
+    url: str,
+    n_trials: int,
+    steps_per_run: int,
+    live_steps: int,
+    seed: int = 0,
+    *,
+    metrics_trials: int | None = None,
+) -> dict:
+    """Writes the study and its runs' metrics; returns counts and timings.
+
+    Optuna's tables are written in bulk with Optuna's own table definitions (``add_trials``
+    costs a transaction per trial: minutes at 10,000); the metrics go through the real
+    :class:`MetricsStore`. With ``metrics_trials``, only the last that many trials (the running
+    one among them) get a run with metrics, for fixtures that need many trials, not many rows.
+    """
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    # Big batches: this is bulk loading, not a training loop.
-    store = MetricsStore(url, flush_rows=50_000, flush_seconds=1e9)
+    store = MetricsStore(url, flush_rows=50_000, flush_seconds=1e9)  # bulk loading: big batches
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=url, study_name="scale", directions=["maximize", "minimize"]
     )
     study.set_user_attr("oialr.spec", {"name": "scale", "model": "minivit", "dataset": "cifar10"})
     study.set_user_attr("oialr.objectives", ["val_acc", "trainable_fraction"])
-    distributions = {
-        "delay": optuna.distributions.IntDistribution(100, 5000, log=True),
-        "update_freq": optuna.distributions.IntDistribution(10, 1000, log=True),
-        "sigma_cutoff": optuna.distributions.FloatDistribution(0.01, 0.5, log=True),
-        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
-    }
+    first_with_metrics = 0 if metrics_trials is None else max(0, n_trials - metrics_trials)
     trials, rows = [], 0
     for number in range(n_trials):
-        mode = "dense" if number == 0 else "fixed-rank" if number in (1, 2) else "oialr"
-        live = number == n_trials - 1  # the last trial is still running
-        state = optuna.trial.TrialState.COMPLETE
-        if live:
-            state = optuna.trial.TrialState.RUNNING
-        elif number > 2 and rng.random() < 0.03:
-            state = optuna.trial.TrialState.FAIL
-        params = {}
-        if mode == "oialr":
-            params = {
-                "delay": int(np.exp(rng.uniform(np.log(100), np.log(5000)))),
-                "update_freq": int(np.exp(rng.uniform(np.log(10), np.log(1000)))),
-                "sigma_cutoff": float(np.exp(rng.uniform(np.log(0.01), np.log(0.5)))),
-                "lr": float(np.exp(rng.uniform(np.log(1e-4), np.log(1e-2)))),
-            }
-        cut = params.get("sigma_cutoff", 0.0)
-        fraction = (
-            1.0
-            if mode == "dense"
-            else 0.25
-            if mode == "fixed-rank"
-            else float(np.clip(0.9 - 1.6 * cut + rng.normal(0, 0.05), 0.02, 1.0))
-        )
-        val_acc = float(np.clip(0.92 - 0.25 * (1 - fraction) ** 3 + rng.normal(0, 0.01), 0, 1))
-        run_id = store.create_run(
-            name=f"scale-{number}",
-            mode=mode,
-            model="minivit",
-            dataset="cifar10",
-            config={"params": params},
-            study_name="scale",
-            trial_number=number,
-            trial_id=number + 1,  # Optuna numbers trial ids from 1 in a fresh database
-        )
-        n_steps = live_steps if live else steps_per_run
-        rows += _write_run(store, run_id, n_steps, params, rng, finished=not live)
-        attrs: dict[str, Any] = {
-            "mode": mode,
-            "run_id": run_id,
-            "command": f"oialr train #{number}",
-        }
-        values = None
-        if state == optuna.trial.TrialState.COMPLETE:
-            attrs |= {
-                "val_acc": val_acc,
-                "test_acc": val_acc - abs(rng.normal(0, 0.005)),
-                "trainable_fraction": fraction,
-                "stored_fraction": min(1.5, fraction * 1.8),
-                "wall_time": float(rng.uniform(60, 600)),
-            }
-            values = [val_acc, fraction]
-        elif state == optuna.trial.TrialState.FAIL:
-            attrs["fail_reason"] = "TrainingDiverged: loss became nan at step 812"
-        trials.append(
-            optuna.trial.create_trial(
-                state=state,
-                values=values,
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                user_attrs=attrs,
-            )
-        )
+        trial = _synthetic_trial(number, n_trials, rng)
+        if number >= first_with_metrics:
+            run_id = store.create_run(
+                name=f"scale-{number}", mode=trial["attrs"]["mode"], model="minivit",
+                dataset="cifar10", config={"params": trial["params"]}, study_name="scale",
+                trial_number=number, trial_id=number + 1,  # trial ids count from 1 in a new file
+            )  # fmt: skip
+            trial["attrs"]["run_id"] = run_id
+            live = trial["state"] == optuna.trial.TrialState.RUNNING
+            n_steps = live_steps if live else steps_per_run
+            rows += _write_run(store, run_id, n_steps, trial["params"], rng, finished=not live)
+        trials.append(trial)
     store.flush()
     metrics_s = time.perf_counter() - started
-    study.add_trials(trials)
+    _write_trials(url, study._study_id, trials)
     store.close()
     return {"rows": rows, "build_s": time.perf_counter() - started, "metrics_s": metrics_s}
 
 
+def _synthetic_trial(number: int, n_trials: int, rng) -> dict:
+    """One trial: a dense baseline first, two fixed-rank ones, then OIALR trials whose accuracy
+    falls as the cutoff (and so the fraction) shrinks; ~3 % fail, the last one is running."""
+    state = optuna.trial.TrialState.COMPLETE
+    mode = "dense" if number == 0 else "fixed-rank" if number in (1, 2) else "oialr"
+    if number == n_trials - 1:
+        state = optuna.trial.TrialState.RUNNING
+    elif number > 2 and rng.random() < 0.03:
+        state = optuna.trial.TrialState.FAIL
+    params = {}
+    if mode == "oialr":
+        params = {
+            "delay": int(np.exp(rng.uniform(np.log(100), np.log(5000)))),
+            "update_freq": int(np.exp(rng.uniform(np.log(10), np.log(1000)))),
+            "sigma_cutoff": float(np.exp(rng.uniform(np.log(0.01), np.log(0.5)))),
+            "lr": float(np.exp(rng.uniform(np.log(1e-4), np.log(1e-2)))),
+        }
+    cut = params.get("sigma_cutoff", 0.0)
+    fraction = {"dense": 1.0, "fixed-rank": 0.25}.get(mode)
+    if fraction is None:
+        fraction = float(np.clip(0.9 - 1.6 * cut + rng.normal(0, 0.05), 0.02, 1.0))
+    val_acc = float(np.clip(0.92 - 0.25 * (1 - fraction) ** 3 + rng.normal(0, 0.01), 0, 1))
+    attrs: dict[str, Any] = {"mode": mode, "command": f"oialr train #{number}"}
+    values = None
+    wall = float(rng.uniform(60, 600))
+    if state == optuna.trial.TrialState.COMPLETE:
+        attrs |= {
+            "val_acc": val_acc,
+            "test_acc": val_acc - abs(rng.normal(0, 0.005)),
+            "trainable_fraction": fraction,
+            "stored_fraction": min(1.5, fraction * 1.8),
+            "wall_time": wall,
+        }
+        values = [val_acc, fraction]
+    elif state == optuna.trial.TrialState.FAIL:
+        attrs["fail_reason"] = "TrainingDiverged: loss became nan at step 812"
+    # Four workers: a trial starts every wall/4 on average; the study ends now.
+    start = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(
+        seconds=90.0 * (n_trials - number)
+    )
+    done = None if state == optuna.trial.TrialState.RUNNING else start + timedelta(seconds=wall)
+    return {"number": number, "state": state, "values": values, "params": params,
+            "attrs": attrs, "start": start, "complete": done}  # fmt: skip
+
+
+def _write_trials(url: str, study_id: int, trials: list[dict]) -> None:
+    """Optuna's trials, values, params and user attrs, one executemany per table."""
+    from optuna.storages._rdb import models
+
+    values, params, attrs, rows = [], [], [], []
+    finite = models.TrialValueModel.TrialValueType.FINITE
+    for t in trials:
+        trial_id = t["number"] + 1
+        rows.append({"trial_id": trial_id, "number": t["number"], "study_id": study_id,
+                     "state": t["state"], "datetime_start": t["start"],
+                     "datetime_complete": t["complete"]})  # fmt: skip
+        for objective, value in enumerate(t["values"] or ()):
+            values.append({"trial_id": trial_id, "objective": objective, "value": value,
+                           "value_type": finite})  # fmt: skip
+        for name, value in t["params"].items():
+            dist = SCALE_DISTRIBUTIONS[name]
+            params.append({"trial_id": trial_id, "param_name": name,
+                           "param_value": dist.to_internal_repr(value),
+                           "distribution_json": optuna.distributions.distribution_to_json(dist)})  # fmt: skip
+        for key, value in t["attrs"].items():
+            attrs.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for model, batch in ((models.TrialModel, rows), (models.TrialValueModel, values),
+                             (models.TrialParamModel, params),
+                             (models.TrialUserAttributeModel, attrs)):  # fmt: skip
+            if batch:
+                conn.execute(sa.insert(model.__table__), batch)
+    engine.dispose()
+
+
+def _spectrum(rank: int, rng) -> np.ndarray:
+    """A plausible spectrum of Σ: a few large values, then a decaying tail (largest first)."""
+    decay = np.exp(-np.arange(rank) / rng.uniform(20, 80)) + 0.02 * rng.random(rank)
+    return np.sort(decay * rng.uniform(2, 6))[::-1]
+
+
 def _write_run(store: MetricsStore, run_id: int, n_steps: int, params: dict, rng, finished: bool):
     """Steps every 10th optimizer step, 10 epochs, a rank update per layer every update_freq
-    steps after the delay (with Σ's top singular values) and warm-up stability rows."""
+    steps after the delay (with Σ's whole spectrum, cut by the trial's cutoff) and warm-up
+    stability rows."""
     log_every = 10
     for step in range(log_every, n_steps * log_every + 1, log_every):
         store.log_step(run_id, step, 2.3 * np.exp(-step / 4000) + 0.1, 1e-3, 0.05)
@@ -164,39 +219,35 @@ def _write_run(store: MetricsStore, run_id: int, n_steps: int, params: dict, rng
             time=30.0 * epoch,
         )
     rows = n_steps + 10
+    if finished:
+        store.finish_run(run_id, "complete", result={"val_acc": 0.9})
     if not params:
         return rows
     delay, every = params["delay"], max(params["update_freq"], total // 12)
-    ranks = dict.fromkeys(LAYERS, 256)
+    ranks = {name: FULL_RANK for name, *_ in LAYERS}
     for step in range(every, delay, every):
-        store.log_stability(run_id, step, {layer: 1 - 0.5 * every / step for layer in LAYERS})
+        store.log_stability(run_id, step, {name: 1 - 0.5 * every / step for name, *_ in LAYERS})
         rows += len(LAYERS)
     for k, step in enumerate(range(delay, total, every)):
         records = []
-        for layer in LAYERS:
-            before, ranks[layer] = ranks[layer], max(8, int(ranks[layer] * rng.uniform(0.8, 1)))
-            sigma = np.sort(rng.exponential(1.0, TOP_K_SIGMA))[::-1]
+        for name, kind, m, n in LAYERS:
+            before = ranks[name]
+            sigma = _spectrum(before, rng)
+            cutoff = float(sigma[0] * params["sigma_cutoff"])
+            keep = int((sigma >= cutoff).sum())
+            ranks[name] = after = max(8, keep, before - before // 2)  # at most half per update
+            effective, stable = spectrum_ranks(sigma)
             records.append(
-                {
-                    "step": step,
-                    "layer": layer,
-                    "event": "convert" if k == 0 else "update",
-                    "rank_before": before,
-                    "rank_after": ranks[layer],
-                    "n": 256,
-                    "rank_fraction": ranks[layer] / 256,
-                    "trainable": ranks[layer] ** 2,
-                    "stored": ranks[layer] * 513,
-                    "rule": "cutoff",
-                    "stability": None if k == 0 else float(rng.uniform(0.9, 1)),
-                    "cutoff": float(sigma[0] * params["sigma_cutoff"]),
-                    "sigma": sigma.tolist(),
-                }
-            )
+                {"step": step, "layer": name, "event": "convert" if k == 0 else "update",
+                 "rank_before": before, "rank_after": after, "n": n,
+                 "rank_fraction": after / n, "trainable": after**2, "stored": after * (m + n + after),
+                 "rule": "cutoff" if after == keep else "cap" if keep < after else "none",
+                 "stability": None if k == 0 else float(rng.uniform(0.9, 1)), "cutoff": cutoff,
+                 "sigma": sigma.astype(np.float32), "kind": kind, "rows": m, "cols": n,
+                 "effective_rank": effective, "stable_rank": stable}
+            )  # fmt: skip
         store.log_layers(run_id, records)
         rows += len(records)
-    if finished:
-        store.finish_run(run_id, "complete", result={"val_acc": 0.9})
     return rows
 
 
@@ -229,8 +280,7 @@ class Page:
 
 
 def page_studies(engine, page: Page) -> None:
-    summary = page.query(optuna_reads.list_studies, engine)
-    page.figure("states", charts.states_figure, summary)
+    page.query(optuna_reads.list_studies, engine)  # a table: no figure
 
 
 def _trials(engine, page: Page):
@@ -244,9 +294,7 @@ def page_pareto(engine, page: Page) -> None:
     params = [queries.PARAM_PREFIX + p for p in trials.params]
     page.figure(
         "pareto", charts.pareto_figure, [("scale", done, params)], color=params[0], show_test=True
-    )
-    space = [queries.PARAM_PREFIX + p for p in ("delay", "update_freq", "sigma_cutoff")]
-    page.figure("space", charts.space_figure, done, space, log_axes=(True, True, True))
+    )  # the 3-D view is drawn on demand only
 
 
 def page_parameters(engine, page: Page) -> None:
@@ -274,11 +322,19 @@ def page_trial(engine, page: Page) -> None:
     run_ids = queries.trial_runs(trials, runs)
     done = trials.frame[trials.frame["state"] == "COMPLETE"]
     best = int(done.loc[done["val_acc"].idxmax(), "number"])
-    layers = page.query(reader.layer_summary, int(run_ids[best]))
-    page.figure("spectra", charts.spectra_figure, layers)
-    chosen = [int(run_ids[n]) for n in (best, 3, 4)]
+    page.query(reader.layer_summary, int(run_ids[best]))
+    history = page.query(reader.layer_history, [int(run_ids[best])])
+    row = page.query(reader.layer_record, int(history["id"].iloc[-1]))
+    page.figure(
+        "spectrum", charts.spectrum_figure, row["sigma"], cutoff=row["cutoff"],
+        rank=row["rank_after"], title="Σ",
+    )  # fmt: skip
+    page.figure("rank_measures", charts.rank_measures_figure, history)
+    chosen = [int(run_ids[n]) for n in (best, 1, 2)]  # against the fixed-rank baselines
     epochs = page.query(reader.epochs_of_runs, chosen)
     page.figure("compare", charts.compare_figure, epochs, {r: str(r) for r in chosen})
+    together = page.query(reader.layer_history, chosen)
+    page.figure("rank_compare", charts.rank_compare_figure, together, {r: str(r) for r in chosen})
 
 
 def page_live(engine, page: Page, run_id: int) -> dict:
@@ -302,8 +358,8 @@ def page_live(engine, page: Page, run_id: int) -> dict:
     )
     page.figure("fractions", charts.fraction_figure, epochs)
     page.figure("rank_heatmap", charts.rank_heatmap, layers)
-    page.figure("rank_lines", charts.rank_lines, layers)
     page.figure("stability", charts.stability_figure, warmup, layers, conversion_step=conversion)
+    page.figure("rank_measures", charts.rank_measures_figure, layers)
     row = page.query(reader.layer_record, int(layers["id"].iloc[-1]))
     page.figure(
         "spectrum",
@@ -331,10 +387,10 @@ def live_polls(url: str, engine, run_id: int, window: dict, n: int = 20) -> list
             run_id,
             [
                 {"step": step, "layer": layer, "event": "update", "rank_before": 64,
-                 "rank_after": 60, "n": 256, "rank_fraction": 60 / 256, "trainable": 3600,
+                 "rank_after": 60, "n": n, "rank_fraction": 60 / n, "trainable": 3600,
                  "stored": 30780, "rule": "cutoff", "stability": 0.99, "cutoff": 0.1,
-                 "sigma": [1.0] * TOP_K_SIGMA}
-                for layer in LAYERS
+                 "sigma": np.linspace(1.0, 0.05, 64), "kind": kind, "rows": m, "cols": n}
+                for layer, kind, m, n in LAYERS
             ],
         )  # fmt: skip
         writer.flush()

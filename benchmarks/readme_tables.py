@@ -124,6 +124,84 @@ def app_scale(d: dict) -> str:
     )
 
 
+def _goal_words(met: list[str], missed: list[str]) -> str:
+    if not met and not missed:
+        return "not measured"
+    if not missed:
+        return "**met** on every page"
+    if not met:
+        return "**not met** on any page"
+    return f"**not met**: met on {', '.join(met)}; not on {', '.join(missed)}"
+
+
+def app_browser(d: dict) -> str:
+    """Both dashboards, both sizes, cold and warm, and the goals marked met or not met."""
+    sizes = sorted(d["sizes"], key=int)
+    goals, verdict = d["goals"], d["verdict"]
+
+    def cell(page: dict, key: str, size: str) -> str:
+        ours, theirs = page["ours"][key], (page.get("theirs") or {}).get(key)
+        text = "—" if ours is None else f"{ours:.2f}"
+        if int(size) == goals["size"] and ours is not None:
+            limit = goals["cold_s"] if key == "cold_s" else goals["warm_s"]
+            text += " ✓" if ours <= limit else " ✗"
+        other = page.get("theirs")
+        if other is not None and theirs is not None:
+            text += f" vs {theirs:.2f}"
+        elif other is not None and other.get("errors"):
+            text += " vs (did not finish)"
+        return text
+
+    pages = d["sizes"][sizes[0]]["pages"]
+    header = ["our page ↔ optuna-dashboard"]
+    header += [f"{int(s) // 1000}k {kind}" for s in sizes for kind in ("cold", "warm")]
+    rows = []
+    for name, page in pages.items():
+        pair = f"{name} ↔ {page['their_page']}" if page.get("their_page") else f"{name} (ours only)"
+        row = [pair]
+        for size in sizes:
+            here = d["sizes"][size]["pages"][name]
+            row += [cell(here, "cold_s", size), cell(here, "warm_s", size)]
+        rows.append(row)
+    page_goals = verdict["page_goals"]
+    met = [k.split(" at ")[0] for k, v in page_goals.items() if v["met"]]
+    missed = [k.split(" at ")[0] for k, v in page_goals.items() if not v["met"]]
+    ahead = verdict["ahead"]
+    behind = [k for k, v in ahead.items() if not v]
+    every = [p for s in sizes for p in d["sizes"][s]["pages"].values()]
+    ours_kb = [p["ours"]["cold_kb"] for p in every if p["ours"]["cold_kb"] is not None]
+    theirs_kb = [p["theirs"]["cold_kb"] for p in every if (p.get("theirs") or {}).get("cold_kb")]
+    m = d["machine"]
+    studied = ", ".join(
+        f"{int(s):,} trials ({d['sizes'][s]['metric_rows'] / 1e6:.1f} M metric rows)" for s in sizes
+    )
+    lines = [
+        f"**In the browser** (`{d['command'].strip()}`): headless Chromium without a GPU on this "
+        f"{m['cpus']}-core machine (load average {m['load_average'][0]:.1f} at the end), Streamlit "
+        f"{m['streamlit']} against optuna-dashboard {m['optuna-dashboard']} on the same SQLite "
+        f"files, {studied}. "
+        f"Seconds until every chart of the page is drawn with points (median of {d['method']['repeat']} "
+        f"cold loads, each on a freshly started server in a new browser context, and of "
+        f"{d['method']['warm_reloads']} reloads after each); ours vs theirs, ✓/✗ against the "
+        f"goals at {goals['size']:,} trials (≤ {goals['cold_s']:.0f} s cold, ≤ {goals['warm_s']:.0f} s warm).\n",
+        table(header, rows),
+        "",
+        f"- Goal ≤ {goals['cold_s']:.0f} s cold and ≤ {goals['warm_s']:.0f} s warm per page at "
+        f"{goals['size']:,} trials: " + _goal_words(met, missed) + ".",
+        f"- Goal ahead of optuna-dashboard on every paired page, cold and warm, at both sizes: "
+        f"**{'met' if not behind else 'not met'}**"
+        + (f" (behind on {', '.join(behind)})" if behind else "")
+        + ".",
+    ]
+    if ours_kb and theirs_kb:
+        lines.append(
+            f"- A cold page downloads {min(ours_kb) / 1024:.1f}-{max(ours_kb) / 1024:.1f} MB of "
+            f"ours (JavaScript gzipped), {min(theirs_kb) / 1024:.1f}-{max(theirs_kb) / 1024:.1f} "
+            "MB of theirs (its bundle, and the study as JSON)."
+        )
+    return "\n".join(lines)
+
+
 def sharing(q: dict) -> str:
     """The quickstart with and without the shared warm-up and data cache (side by side)."""
     if "unshared" not in q:
@@ -268,6 +346,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     "step_time": ("step_time", step_time, "python benchmarks/step_time.py"),
     "compare": ("compare", compare, "python benchmarks/compare.py"),
     "app_scale": ("app_scale", app_scale, "python benchmarks/app_scale.py"),
+    "app_browser": ("app_browser", app_browser, "python benchmarks/app_browser.py"),
     "study_bench": ("study_bench", study_bench, "python benchmarks/study_bench.py"),
     "loop_overhead": ("loop_overhead", loop_overhead, "python benchmarks/loop_overhead.py"),
     "stability": ("stability", stability, "python benchmarks/stability.py"),

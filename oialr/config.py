@@ -155,10 +155,11 @@ class OIALRConfig(Options):
         "change would mean re-wrapping DDP",
         json_schema_extra=FIXED,
     )
-    top_k_sigma: Count = Field(
-        32,
+    top_k_sigma: Count | None = Field(
+        None,
         ge=1,
-        description="singular values of Σ kept in each update record",
+        description="largest singular values of Σ kept in each update record; None: the whole "
+        "spectrum (stored as 4 bytes a value), so the dashboard shows where the cutoff cuts",
         json_schema_extra=FIXED,
     )
 

@@ -37,7 +37,7 @@ from .conversion import (
 from .errors import ConfigError
 from .lowrank import LowRankLayer, factor_modules, thin_svd
 from .optim_state import resolve_optimizer, rotate_state, swap_param
-from .records import LayerRecord
+from .records import LayerRecord, spectrum_ranks
 from .stability import (
     basis_stability,
     dropped_mass,
@@ -400,20 +400,18 @@ class OIALR:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _record(self, name, layer, event, rank_before, s, rule) -> LayerRecord:
+        """The layer's record at this event; ``s`` is Σ's whole spectrum, before any cut."""
+        sigma = s[: self.config.top_k_sigma].tolist()  # one copy to the host, not one per value
+        rows, cols = self.report.shapes[name]
+        effective, stable = spectrum_ranks(sigma)
         return LayerRecord(
-            step=self.step_count,
-            layer=name,
-            event=event,
-            rank_before=rank_before,
-            rank_after=layer.rank,
-            n=layer.full_rank,
-            rank_fraction=layer.rank / layer.full_rank,
-            trainable=layer.trainable_params(),
-            stored=layer.stored_params(),
-            rule=rule,
-            cutoff=float(self.config.sigma_cutoff * s[0]),
-            sigma=[float(x) for x in s[: self.config.top_k_sigma]],
-        )
+            step=self.step_count, layer=name, event=event, rank_before=rank_before,
+            rank_after=layer.rank, n=layer.full_rank, rank_fraction=layer.rank / layer.full_rank,
+            trainable=layer.trainable_params(), stored=layer.stored_params(), rule=rule,
+            cutoff=float(self.config.sigma_cutoff * s[0]), sigma=sigma,
+            kind=self.report.kinds[name], rows=int(rows), cols=int(cols),
+            effective_rank=effective, stable_rank=stable,
+        )  # fmt: skip
 
     def _emit(self, records: list[LayerRecord]) -> None:
         if not records:

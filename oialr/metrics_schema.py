@@ -7,7 +7,9 @@ writes them, :mod:`oialr.metrics_reader` reads them; both work from the Table ob
 
 from __future__ import annotations
 
+import array
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,13 @@ from .vocab import EVENTS, PHASES, RULES, URL_EXAMPLE, mask_url
 
 __all__ = [
     "SCHEMA_VERSION", "metadata", "runs_table", "steps_table", "epochs_table", "layers_table",
-    "stability_table", "METRICS_TABLES", "make_engine",
+    "stability_table", "METRICS_TABLES", "ADDED_COLUMNS", "make_engine", "encode_spectrum",
+    "decode_spectrum",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 1
+# 2: oialr_layers gained the full spectrum (float32 bytes), the layer's kind and shape, and its
+# effective and stable ranks; a version-1 database gets the columns when a store opens it.
+SCHEMA_VERSION = 2
 
 _PG_CONNECT_TIMEOUT_S = 5
 _SQLITE_BUSY_TIMEOUT_S = 30
@@ -130,8 +135,22 @@ layers_table = _metrics_table(
     sa.Column("rotation", sa.Float),
     sa.Column("stability", sa.Float, nullable=True),
     sa.Column("cutoff", sa.Float, nullable=True),
-    sa.Column("sigma", sa.Text),
+    sa.Column("sigma", sa.Text),  # schema 1: the top singular values as JSON; now NULL
+    # Schema 2 (added to older tables by ``MetricsStore``, so all nullable):
+    sa.Column("spectrum", sa.LargeBinary, nullable=True),  # see encode_spectrum
+    sa.Column("kind", sa.Text, nullable=True),  # "Linear", "Conv2d", "MHA in-proj", ...
+    sa.Column("rows", sa.Integer, nullable=True),  # the weight as a matrix: rows x cols
+    sa.Column("cols", sa.Integer, nullable=True),
+    sa.Column("effective_rank", sa.Float, nullable=True),
+    sa.Column("stable_rank", sa.Float, nullable=True),
 )
+# Columns each schema version added, so a store can bring an older table up to date.
+ADDED_COLUMNS: dict[int, tuple[sa.Column, ...]] = {
+    2: tuple(
+        layers_table.c[name]
+        for name in ("spectrum", "kind", "rows", "cols", "effective_rank", "stable_rank")
+    ),
+}
 
 stability_table = _metrics_table(
     "oialr_stability",
@@ -276,6 +295,29 @@ def plain(value: Any) -> Any:
 def to_json(value: Any) -> str:
     # default=str keeps Paths, enums and the like readable instead of failing a whole run.
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def encode_spectrum(values: Any) -> bytes:
+    """Singular values as little-endian float32 bytes: 4 bytes a value, a quarter of JSON's.
+
+    >>> decode_spectrum(encode_spectrum([3.0, 0.5]))
+    [3.0, 0.5]
+    """
+    packed = array.array("f", values)  # C speed for lists and numpy arrays alike
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def decode_spectrum(blob: Any) -> list[float] | None:
+    """The values :func:`encode_spectrum` stored; None for a missing spectrum."""
+    if blob is None or isinstance(blob, float):  # NULL (NaN in a pandas column)
+        return None
+    packed = array.array("f")
+    packed.frombytes(bytes(blob))  # bytes(): PostgreSQL's driver hands back a memoryview
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()
 
 
 def from_json(text: Any) -> Any:

@@ -30,11 +30,13 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQL
 
 from .errors import ConfigError, StorageError
 from .metrics_schema import (
+    ADDED_COLUMNS,
     CHOICES,
     EPOCH_FIELDS,
     LAYER_FIELDS,
     METRICS_TABLES,
     SCHEMA_VERSION,
+    encode_spectrum,
     epochs_table,
     first_line,
     layers_table,
@@ -68,7 +70,10 @@ def _row(table: sa.Table, allowed: frozenset[str], run_id: int, fields: dict[str
         choices = CHOICES.get(key)
         if choices is not None and value is not None and value not in choices:
             raise ConfigError(f"{table.name}.{key} = {value!r}; expected one of {sorted(choices)}")
-        row[key] = to_json([float(s) for s in value]) if key == "sigma" else plain(value)
+        row[key] = value if key == "sigma" else plain(value)  # sigma: a list or an array
+    if table is layers_table and row.get("sigma") is not None:
+        # The whole spectrum as float32 bytes; the JSON column is schema 1's and stays NULL.
+        row["spectrum"], row["sigma"] = encode_spectrum(row["sigma"]), None
     return row
 
 
@@ -204,7 +209,9 @@ class MetricsStore:
                 return
             except StorageError as exc:
                 cause = exc.__cause__
-                racing = isinstance(cause, IntegrityError) or "already exists" in str(cause)
+                racing = isinstance(cause, IntegrityError) or any(
+                    clash in str(cause) for clash in ("already exists", "duplicate column")
+                )
                 if not racing or attempt == 2:
                     raise
                 logger.debug("schema creation raced another process; retrying: %s", cause)
@@ -225,6 +232,25 @@ class MetricsStore:
         if version is None:
             conn.execute(sa.insert(schema_table).values(version=SCHEMA_VERSION))
             logger.info("created oialr tables (schema %d) in %s", SCHEMA_VERSION, self.display_url)
+        elif version < SCHEMA_VERSION:
+            self._upgrade(conn, version)
+
+    def _upgrade(self, conn: Connection, version: int) -> None:
+        """Adds the columns later schemas brought to an older database's tables, in place.
+
+        Rows written before keep NULL there (readers fall back to what they had). Two
+        processes upgrading at once race on ALTER TABLE; the loser retries and finds it done.
+        """
+        for later in range(version + 1, SCHEMA_VERSION + 1):
+            for column in ADDED_COLUMNS.get(later, ()):
+                present = {c["name"] for c in sa.inspect(conn).get_columns(column.table.name)}
+                if column.name not in present:
+                    kind = column.type.compile(dialect=conn.dialect)
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}"
+                    )
+        conn.execute(sa.update(schema_table).values(version=SCHEMA_VERSION))
+        logger.info("upgraded oialr tables (schema %d → %d)", version, SCHEMA_VERSION)
 
     # -- writes ----------------------------------------------------------------------------
 

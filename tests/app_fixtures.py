@@ -161,6 +161,20 @@ def build_single_objective_db(url: str, *, name: str = "acc-only") -> None:
     study.add_trials(trials)
 
 
+def build_large_study_db(url: str, *, n_trials: int = 10_000, with_metrics: int = 20) -> None:
+    """A 10,000-trial study (named "scale") in a couple of seconds: the synthetic study of
+    ``benchmarks/app_scale.py`` (Optuna's tables written in bulk, through Optuna's own table
+    definitions), with runs and metrics for its last ``with_metrics`` trials only."""
+    import importlib.util
+
+    from helpers import BENCH
+
+    spec = importlib.util.spec_from_file_location("app_scale", BENCH / "app_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(url, n_trials, steps_per_run=40, live_steps=200, metrics_trials=with_metrics)
+
+
 # -- shared, built once per test process ----------------------------------------------------
 
 _BUILT: dict[str, Path] = {}

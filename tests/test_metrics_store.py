@@ -328,7 +328,8 @@ def test_newer_schema_is_refused(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE oialr_schema SET version = :v"), {"v": SCHEMA_VERSION + 1})
     engine.dispose()
-    with pytest.raises(StorageError, match=r"newer oialr \(schema 2 > 1\): upgrade oialr") as err:
+    newer = rf"newer oialr \(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\): upgrade oialr"
+    with pytest.raises(StorageError, match=newer) as err:
         MetricsStore(url)
     assert "\n" not in str(err.value)
 
@@ -489,4 +490,6 @@ def test_many_stores_opening_a_fresh_database_at_once(url: str) -> None:
         thread.join()
     assert errors == []
     with MetricsStore(url).engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM oialr_schema")).all() == [(1,)]
+        assert conn.execute(sa.text("SELECT version FROM oialr_schema")).all() == [
+            (SCHEMA_VERSION,)
+        ]

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from app import charts, queries
+from app import charts, queries, views
+from app.links import quoted
 from oialr.vocab import TrialAttr
 
 ctx = st.session_state["ctx"]
@@ -10,7 +11,7 @@ url = ctx["url"]
 st.title("Pareto")
 trials = queries.trials(url, ctx["study_id"])
 frame = trials.frame
-done = frame[frame["state"] == "COMPLETE"]
+done = views.complete(trials)
 if done.empty:
     counts = frame["state"].value_counts().to_dict()
     st.info(f"No complete trial in `{ctx['study']}` yet ({counts or 'no trials'}).")
@@ -22,14 +23,38 @@ if done.empty:
     st.stop()
 
 params = [queries.PARAM_PREFIX + p for p in trials.params]
-c1, c2, c3 = st.columns([1, 1, 2])
-x = c1.radio(
-    "Size axis",
-    ["trainable_fraction", "stored_fraction"],
-    format_func=charts.label,
-    key="x",
-    bind="query-params",
+sizes = ["trainable_fraction", "stored_fraction"]
+index = queries.studies_index(url)
+others = [s for s in index if s != ctx["study"]]
+links = ctx["links"]
+links.check(
+    "x",
+    [charts.label(s) for s in sizes],
+    what="Size axis",
+    where=" or ".join(quoted(charts.label(s)) for s in sizes),
+    instead=quoted(charts.label(sizes[0])),
 )
+links.check(
+    "color",
+    [charts.label(p) for p in params],
+    what="Colour",
+    where=f"a searched parameter of {quoted(ctx['study'])}",
+    instead="no colour",
+)
+links.check(
+    "test",
+    ("true", "false"),
+    what="Show test accuracy",
+    where="`true` or `false`",
+    instead="validation accuracy only",
+    case_sensitive=False,
+)
+links.check_all(
+    "overlay", others, what=("Overlay study", "Overlay studies"),
+    where="another study in this storage", doing="overlaying", default=[],
+)  # fmt: skip
+c1, c2, c3 = st.columns([1, 1, 2])
+x = c1.radio("Size axis", sizes, format_func=charts.label, key="x", bind="query-params")
 color = c2.selectbox(
     "Colour by",
     [None, *params],
@@ -38,28 +63,13 @@ color = c2.selectbox(
     bind="query-params",
 )
 show_test = c2.checkbox("Show test accuracy", key="test", bind="query-params")
-others = [s for s in queries.studies(url)["study"] if s != ctx["study"]]
 overlay = c3.multiselect("Overlay studies", others, key="overlay", bind="query-params")
+names = [ctx["study"], *overlay]
+ids = tuple(index[n] for n in names)
+# Log by default when every searched trial is below 0.2: a linear axis piles them against zero.
+log_x = c1.toggle("Log size axis", value=views.log_x_default(url, ids, x), key="log_x")
 
-names, layers = [ctx["study"]], [(ctx["study"], done, params)]
-for name in overlay:
-    other = queries.trials(url, int(queries.studies(url).set_index("study").loc[name, "study_id"]))
-    names.append(name)
-    complete = other.frame[other.frame["state"] == "COMPLETE"]
-    layers.append((name, complete, [queries.PARAM_PREFIX + p for p in other.params]))
-for _, part, _ in layers:
-    if x not in part:
-        part[x] = float("nan")  # a study that never recorded this fraction: drawn without it
-
-fig = charts.pareto_figure(
-    layers,
-    x=x,
-    y=TrialAttr.VAL_ACC,
-    color=color,
-    show_test=show_test,
-    x_direction=trials.direction(x),
-    y_direction=trials.direction(TrialAttr.VAL_ACC),
-)
+fig = views.pareto(url, ids, x, color, show_test, log_x)
 
 
 def _open() -> None:
@@ -70,14 +80,12 @@ def _open() -> None:
 
 
 st.plotly_chart(fig, key="pareto", on_select=_open, selection_mode="points")
-st.caption("Click a point to open its trial.")
+sampled = fig.layout.meta["sampled"]
+st.caption("Click a point to open its trial." + (f" Trials {sampled}." if sampled else ""))
 if (number := st.session_state.pop("open_trial", None)) is not None:
     st.switch_page("app_pages/trial.py", query_params={"trial": number})
 
-space = [queries.PARAM_PREFIX + p for p in ("delay", "update_freq", "sigma_cutoff")]
-if all(p in done for p in space):
-    with st.expander("3-D view: delay × update frequency × cutoff", expanded=True):
-        logs = [trials.is_log(p.removeprefix(queries.PARAM_PREFIX)) for p in space]
-        st.plotly_chart(
-            charts.space_figure(done, space, color=TrialAttr.VAL_ACC, log_axes=logs), key="space"
-        )
+# WebGL, like every 3-D Plotly chart: about a second to draw where the browser has no GPU.
+space = all(p in done for p in views.SPACE)
+if space and st.toggle("3-D view: delay × update frequency × cutoff", key="space3d"):
+    st.plotly_chart(views.space(url, ctx["study_id"]), key="space")

@@ -9,16 +9,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from app.charts._style import (
     BASELINE_SYMBOLS,
+    MAX_POINTS,
     PALETTE,
-    STATE_COLORS,
     column_array,
     f32,
     floats,
     label,
+    log_axis,
+    sample_rows,
     styled,
 )
 
@@ -77,6 +78,8 @@ def pareto_figure(
     show_test: bool = False,
     x_direction: str = "minimize",
     y_direction: str = "maximize",
+    log_x: bool | None = None,
+    max_points: int = MAX_POINTS,
 ) -> go.Figure:
     """Accuracy against a parameter fraction, with each study's Pareto front.
 
@@ -86,46 +89,73 @@ def pareto_figure(
         x, y: Columns of the two objectives; the front is computed on them.
         color: A parameter column colouring the main study's points.
         show_test: Also draw test accuracy (open markers), e.g. to spot overfitting the search.
+        log_x: A log x-axis; None: log when every searched trial lies below 0.2 (there a linear
+            axis piles them up against zero).
+        max_points: Searched trials drawn per study at most (the front always is; see
+            :func:`sample_rows`); the figure's ``meta["sampled"]`` says what was left out.
 
     Every marker's ``customdata`` starts with (trial number, study index) so a click can open
     the trial; the rest are the trial's parameters, shown on hover.
     """
-    fig = go.Figure()
+    fig, notes, xs = go.Figure(), [], []
     for index, (name, frame, params) in enumerate(studies):
         suffix = f" · {name}" if len(studies) > 1 else ""
         frame = frame[np.isfinite(floats(frame[x])) & np.isfinite(floats(frame[y]))]
-        _add_study(fig, index, suffix, frame, list(params), x=x, y=y,
-                   color=color if index == 0 else None, show_test=show_test,
-                   directions=(x_direction, y_direction))  # fmt: skip
+        note, searched_x = _add_study(
+            fig, index, suffix, frame, list(params), x=x, y=y,
+            color=color if index == 0 else None, show_test=show_test,
+            directions=(x_direction, y_direction), max_points=max_points,
+        )  # fmt: skip
+        notes += [f"{name}: {note}" if suffix else note] if note else []
+        xs.append(searched_x)
+    searched = np.concatenate(xs) if xs else np.zeros(0)
+    if log_x is None:
+        log_x = bool(len(searched)) and bool(np.nanmax(searched) < 0.2)
     styled(fig, f"{label(y)} vs {label(x)}", height=540, clickmode="event+select")
-    fig.update_xaxes(title_text=label(x))
+    fig.update_layout(meta={"sampled": "; ".join(notes), "log_x": log_x})
+    all_x = np.concatenate([floats(f[x]) for _, f, _ in studies]) if studies else searched
+    fig.update_xaxes(title_text=label(x) + (" (log)" if log_x else ""),
+                     **(log_axis(all_x) if log_x else {}))  # fmt: skip
     fig.update_yaxes(title_text=label(y))
     return fig
 
 
-def _add_study(fig, index, suffix, frame, params, *, x, y, color, show_test, directions) -> None:
-    """One study's traces: its OIALR trials, its baselines, its front, its test accuracy."""
+def _add_study(fig, index, suffix, frame, params, *, x, y, color, show_test, directions,
+               max_points) -> tuple[str, np.ndarray]:  # fmt: skip
+    """One study's traces: its OIALR trials, its baselines, its front, its test accuracy.
+
+    Returns what sampling left out ("" if nothing) and the x values of its searched trials.
+    """
     tint = PALETTE[index % len(PALETTE)]
+    mode = frame["mode"].fillna("oialr").to_numpy() if "mode" in frame else None
+    searched = (
+        np.ones(len(frame), dtype=bool) if mode is None else ~np.isin(mode, list(BASELINE_SYMBOLS))
+    )
+    front = pareto_mask(frame[x], frame[y], x_direction=directions[0], y_direction=directions[1])
+    drawn, note = sample_rows(
+        frame[searched], max_points, best={y: directions[1], x: directions[0]},
+        keep=front[searched],
+    )  # fmt: skip
+    shown = frame.index.isin(drawn.index) | ~searched
+    frame, front, mode = frame[shown], front[shown], mode[shown] if mode is not None else None
+    searched = searched[shown]
     columns = [frame["number"].to_numpy(), np.full(len(frame), index)]
     columns += [column_array(frame[p]) for p in params]
     custom = np.column_stack(columns)
     if custom.dtype != object:
         custom = custom.astype(np.float32)  # exact for trial numbers below 2**24
-    base = f"trial %{{customdata[0]}}{suffix}<br>{label(x)} = %{{x:.4f}}<br>"
+    base = f"trial %{{customdata[0]}}{suffix}<br>{label(x)} = %{{x:.4~g}}<br>"
     base += f"{label(y)} = %{{y:.4f}}"
     hover = base + "<br>" + _hover(frame, params, 2) + "<extra></extra>"
-    mode = frame["mode"].fillna("oialr").to_numpy() if "mode" in frame else None
-    searched = (
-        np.ones(len(frame), dtype=bool) if mode is None else ~np.isin(mode, list(BASELINE_SYMBOLS))
-    )
-    marker: dict = {"size": 9, "color": tint, "line": {"width": 0.6, "color": "#404040"}}
+    marker: dict = {"size": 8, "color": tint, "opacity": 0.8,
+                    "line": {"width": 0.5, "color": "#404040"}}  # fmt: skip
     if color is not None and color in frame:
         marker.update(
             color=f32(frame.loc[searched, color]), colorscale="Viridis", showscale=True,
             colorbar={"title": {"text": label(color)}, "len": 0.8},
         )  # fmt: skip
     fig.add_trace(
-        go.Scattergl(
+        go.Scatter(
             x=f32(frame.loc[searched, x]), y=f32(frame.loc[searched, y]), mode="markers",
             name=f"OIALR trials{suffix}", marker=marker, customdata=custom[searched],
             hovertemplate=hover,
@@ -143,7 +173,6 @@ def _add_study(fig, index, suffix, frame, params, *, x, y, color, show_test, dir
                     hovertemplate=f"<b>{baseline} baseline</b><br>{base}<extra></extra>",
                 )
             )  # fmt: skip
-    front = pareto_mask(frame[x], frame[y], x_direction=directions[0], y_direction=directions[1])
     if front.any():
         ordered = frame[front].sort_values(x)
         fig.add_trace(
@@ -155,13 +184,14 @@ def _add_study(fig, index, suffix, frame, params, *, x, y, color, show_test, dir
         )  # fmt: skip
     if show_test and "test_acc" in frame:
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=f32(frame[x]), y=f32(frame["test_acc"]), mode="markers",
                 name=f"test accuracy{suffix}",
-                marker={"symbol": "circle-open", "size": 8, "color": tint}, customdata=custom,
+                marker={"symbol": "circle-open", "size": 7, "color": tint}, customdata=custom,
                 hovertemplate=hover.replace(label(y), label("test_acc")),
             )
         )  # fmt: skip
+    return note, floats(frame.loc[searched, x])
 
 
 def clicked_trial(points: Sequence[Mapping]) -> tuple[int, int] | None:
@@ -210,200 +240,12 @@ def space_figure(
             + f"<br>{label(color)} = %{{marker.color:.4f}}<extra></extra>",
         )
     )
-    scene = {
+    scene: dict = {
         f"{k}axis": {"title": {"text": label(a)}, "type": "log" if log else "linear"}
         for a, k, log in zip(axes, "xyz", log_axes)
     }
-    return styled(fig, "search space", height=520, scene=scene)
-
-
-def states_figure(summary: pd.DataFrame) -> go.Figure:
-    """Trials per study, stacked by state (one bar trace per state)."""
-    fig = go.Figure()
-    for state, tint in STATE_COLORS.items():
-        if state in summary:
-            fig.add_trace(
-                go.Bar(
-                    y=summary["study"].astype(str).to_numpy(),
-                    x=summary[state].to_numpy(),
-                    name=state.lower(),
-                    orientation="h",
-                    marker_color=tint,
-                )
-            )
-    height = 120 + 28 * len(summary)
-    return styled(fig, "trials by state", height=min(height, 700), barmode="stack")
-
-
-def slices_figure(
-    frame: pd.DataFrame,
-    params: Sequence[str],
-    objectives: Sequence[str],
-    log_params: Sequence[str] = (),
-) -> go.Figure:
-    """Each objective (rows) against each parameter (columns): one Scattergl per cell."""
-    fig = make_subplots(
-        rows=len(objectives),
-        cols=len(params),
-        shared_yaxes=True,
-        horizontal_spacing=0.03,
-        vertical_spacing=0.12,
-    )
-    numbers = frame["number"].to_numpy(dtype=np.int32)
-    for row, objective in enumerate(objectives, start=1):
-        for col, param in enumerate(params, start=1):
-            fig.add_trace(
-                go.Scattergl(
-                    x=column_array(frame[param]),
-                    y=f32(frame[objective]),
-                    mode="markers",
-                    marker={"size": 6, "color": PALETTE[row - 1], "opacity": 0.7},
-                    customdata=numbers,
-                    hovertemplate=f"trial %{{customdata}}<br>{label(param)} = %{{x:.4~g}}<br>"
-                    f"{label(objective)} = %{{y:.4f}}<extra></extra>",
-                    showlegend=False,
-                ),
-                row=row,
-                col=col,
-            )
-            fig.update_xaxes(
-                title_text=label(param) if row == len(objectives) else None,
-                type="log" if param in log_params else None,
-                row=row,
-                col=col,
-            )
-        fig.update_yaxes(title_text=label(objective), row=row, col=1)
-    return styled(fig, "slices", height=260 * len(objectives) + 60)
-
-
-def parallel_figure(
-    frame: pd.DataFrame,
-    columns: Sequence[str],
-    color: str,
-    *,
-    ranges: Mapping[str, tuple[float, float]] | None = None,
-    log_columns: Sequence[str] = (),
-) -> go.Figure:
-    """Parallel coordinates: ONE ``go.Parcoords`` whatever the number of trials.
-
-    ``ranges`` become each axis's ``constraintrange`` (brushing in the browser sends nothing
-    back to Streamlit, so the page's sliders set them). Log-sampled parameters are drawn as
-    log10 with readable ticks; text parameters as category codes.
-    """
-    ranges = ranges or {}
-    dimensions = []
-    for column in columns:
-        values = frame[column]
-        dim: dict = {"label": label(column)}
-        if not pd.api.types.is_numeric_dtype(values.dropna().infer_objects()):
-            codes, names = pd.factorize(values.astype(str))
-            dim.update(values=codes, tickvals=list(range(len(names))), ticktext=list(names))
-        elif column in log_columns:
-            data = floats(values)
-            dim.update(values=np.log10(data).astype(np.float32), **_log_ticks(data))
-            if column in ranges:
-                dim["constraintrange"] = [math.log10(v) for v in ranges[column]]
-        else:
-            dim["values"] = f32(values)
-            if column in ranges:
-                dim["constraintrange"] = list(ranges[column])
-        dimensions.append(dim)
-    fig = go.Figure(
-        go.Parcoords(
-            line={
-                "color": f32(frame[color]),
-                "colorscale": "Viridis",
-                "showscale": True,
-                "colorbar": {"title": {"text": label(color)}},
-            },
-            dimensions=dimensions,
-        )
-    )
-    return styled(fig, "parallel coordinates", height=440, margin={"l": 60, "r": 40, "t": 80})
-
-
-def _log_ticks(values: np.ndarray) -> dict:
-    """tickvals (log10) / ticktext (values) at 1-2-5 steps inside the data's range."""
-    finite = values[np.isfinite(values) & (values > 0)]
-    if not len(finite):
-        return {}
-    lo, hi = math.floor(math.log10(finite.min())), math.ceil(math.log10(finite.max()))
-    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in (1, 2, 5)]
-    ticks = [t for t in ticks if finite.min() <= t <= finite.max()] or [float(finite.min())]
-    return {"tickvals": [math.log10(t) for t in ticks], "ticktext": [f"{t:g}" for t in ticks]}
-
-
-def importance_figure(importances: pd.DataFrame) -> go.Figure:
-    """Importance of each parameter, one bar trace per objective."""
-    fig = go.Figure()
-    for index, (objective, group) in enumerate(importances.groupby("objective", sort=False)):
-        fig.add_trace(
-            go.Bar(
-                x=group["importance"].to_numpy(),
-                y=[label(p) for p in group["param"]],
-                orientation="h",
-                name=label(objective),
-                marker_color=PALETTE[index % len(PALETTE)],
-            )
-        )
-    fig.update_xaxes(title_text="importance (sums to 1 per objective)")
-    fig.update_yaxes(autorange="reversed")
-    return styled(fig, "parameter importance", height=320, barmode="group")
-
-
-def contour_figure(
-    frame: pd.DataFrame,
-    x: str,
-    y: str,
-    z: str,
-    *,
-    log_x: bool = False,
-    log_y: bool = False,
-    bins: int = 20,
-) -> go.Figure:
-    """Mean of ``z`` over a ``bins`` x ``bins`` grid of two parameters, with the trials on top.
-
-    Scattered trials are averaged into grid cells (no per-trial rows in the contour), and empty
-    cells are bridged by ``connectgaps``.
-    """
-    xs, ys, zs = floats(frame[x]), floats(frame[y]), floats(frame[z])
-    keep = np.isfinite(xs) & np.isfinite(ys) & np.isfinite(zs)
-    xs, ys, zs = xs[keep], ys[keep], zs[keep]
-    fig = go.Figure()
-    if len(xs) >= 3:
-        gx = np.log10(xs) if log_x else xs
-        gy = np.log10(ys) if log_y else ys
-        ex = np.linspace(gx.min(), gx.max() + 1e-12, bins + 1)
-        ey = np.linspace(gy.min(), gy.max() + 1e-12, bins + 1)
-        total, _, _ = np.histogram2d(gx, gy, bins=(ex, ey), weights=zs)
-        count, _, _ = np.histogram2d(gx, gy, bins=(ex, ey))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / count  # NaN where no trial fell
-        cx, cy = (ex[:-1] + ex[1:]) / 2, (ey[:-1] + ey[1:]) / 2
-        fig.add_trace(
-            go.Contour(
-                x=10**cx if log_x else cx,
-                y=10**cy if log_y else cy,
-                z=mean.T,  # rows are y
-                connectgaps=True,
-                colorscale="Viridis",
-                colorbar={"title": {"text": label(z)}},
-                hovertemplate=f"{label(z)} ≈ %{{z:.4f}}<extra></extra>",
-            )
-        )
-    fig.add_trace(
-        go.Scattergl(
-            x=xs.astype(np.float32),
-            y=ys.astype(np.float32),
-            mode="markers",
-            marker={"size": 6, "color": "white", "line": {"width": 1, "color": "black"}},
-            customdata=np.column_stack([frame["number"].to_numpy()[keep], zs]).astype(np.float32),
-            hovertemplate=f"trial %{{customdata[0]}}<br>{label(x)} = %{{x:.4~g}}<br>"
-            f"{label(y)} = %{{y:.4~g}}<br>{label(z)} = %{{customdata[1]:.4f}}<extra></extra>",
-            name="trials",
-            showlegend=False,
-        )
-    )
-    fig.update_xaxes(title_text=label(x), type="log" if log_x else None)
-    fig.update_yaxes(title_text=label(y), type="log" if log_y else None)
-    return styled(fig, f"{label(z)} over {label(x)} × {label(y)}", height=440)
+    # Pulled back from the default eye (1.25, 1.25, 1.25) with room around the scene: at the
+    # default the cube fills the frame and its axis titles are cut at the edges.
+    scene.update(camera={"eye": {"x": 1.7, "y": 1.7, "z": 1.1}}, domain={"x": [0.05, 0.85]})
+    return styled(fig, "search space", height=560, scene=scene,
+                  margin={"l": 30, "r": 30, "t": 60, "b": 30})  # fmt: skip
