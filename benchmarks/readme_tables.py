@@ -310,8 +310,10 @@ def reliability(d: dict) -> str:
     return (
         f"Faults injected and survived, with real processes and a real PostgreSQL on 127.0.0.1 "
         f"(`python benchmarks/reliability.py`): **{d['faults_survived']} of {d['faults_injected']}** "
-        f"survived, **{d['bad_inputs']} bad inputs** (specs and command lines) each refused with "
-        f"exit code 2 and a one-line message, nothing written; **trials lost: {d['trials_lost']}**.\n\n"
+        f"survived, **{d['bad_inputs_refused']} of {d['bad_inputs']} bad inputs** (specs, command "
+        f"lines, storages, export targets) refused with exit code 2 and a one-line message, "
+        f"nothing written; **{d.get('bad_links_named', 0)} of {d.get('bad_links', 0)} shared "
+        f"links** to what the dashboard cannot show named in one warning with the fallback; **trials lost: {d['trials_lost']}**.\n\n"
         + table(["fault", "outcome", "reproduce"], rows)
         + (f"\n\n{d['concurrency']}" if d.get("concurrency") else "")
     )

@@ -31,10 +31,8 @@ FAULTS = {
         "PostgreSQL stopped for good mid-trial", "exit 2 with one line; restarted, the rerun completed the study"),
     "test_two_workers_with_a_budget_of_3_finish_exactly_3": (
         "two workers with --n-trials 3 on one file, 3 rounds", "exactly 3 finished trials every round"),
-    "test_a_baseline_stopped_mid_trial_is_owed_and_run_again[SIGKILL]": (
-        "kill -9 during the dense baseline", "the rerun ran the baseline again: it COMPLETEd"),
-    "test_a_baseline_stopped_mid_trial_is_owed_and_run_again[SIGTERM]": (
-        "SIGTERM during the dense baseline", "the rerun ran the baseline again: it COMPLETEd"),
+    "test_a_baseline_stopped_mid_trial_is_owed_and_run_again": (
+        "kill -9, or SIGTERM, during the dense baseline", "the rerun ran the baseline again: it COMPLETEd"),
     "test_sigterm_anywhere_in_start_up_or_the_first_trial_stops_the_worker": (
         "SIGTERM at 9 moments from start-up into the first trial", "the worker stopped every time; nothing RUNNING"),
     "test_signal_to_study_run_records_the_trial_and_rerun_continues[2]": (
@@ -65,9 +63,11 @@ BAD_INPUT_TESTS = (
     "test_malformed_command_lines",
     "test_cli_train_bad_input",
 )
+BAD_LINK_TESTS = ("test_a_link_to_nowhere_says_what_it_shows_instead",)
 FILES = [
     "tests/test_faults.py",
     "tests/test_refusals.py",
+    "tests/test_app_links.py",
     "tests/test_spec.py",
     "tests/test_train.py",
     "tests/test_metrics_store.py",
@@ -91,7 +91,8 @@ def main() -> None:
         passed = all(runs)
         faults.append({"fault": fault, "outcome": outcome if passed else "FAILED", "passed": passed,
                        "command": f"pytest -k '{test.split('[')[0]}'"})  # fmt: skip
-    bad = [name for name, ok in cases.items() if name.startswith(BAD_INPUT_TESTS)]
+    bad = [name for name in cases if name.startswith(BAD_INPUT_TESTS)]
+    links = [name for name in cases if name.startswith(BAD_LINK_TESTS)]
     survived = sum(f["passed"] for f in faults)
     report = {
         "faults_injected": len(faults),
@@ -99,6 +100,8 @@ def main() -> None:
         "faults": faults,
         "bad_inputs": len(bad),
         "bad_inputs_refused": sum(cases[n] for n in bad),
+        "bad_links": len(links),
+        "bad_links_named": sum(cases[n] for n in links),
         # every fault test asserts that each finished trial and its metrics are there
         "trials_lost": 0
         if survived == len(faults)
