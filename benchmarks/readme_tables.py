@@ -252,7 +252,7 @@ def loop_overhead(d: dict) -> str:
     )
     return (
         f"**Our loop against a plain one** ({d['machine']['cpu']}, {d['machine']['threads']} "
-        "threads; `python benchmarks/loop_overhead.py`): `fit`'s step time (dense mode) over a "
+        f"thread{'s' if d['machine']['threads'] != 1 else ''}; `python benchmarks/loop_overhead.py`): `fit`'s step time (dense mode) over a "
         "20-line PyTorch loop with the same model, AdamW, schedule, gradient clipping and "
         "batches (augmentation included), medians of alternating rounds; `ratio@min` compares "
         "the least disturbed windows. "
