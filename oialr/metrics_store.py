@@ -48,7 +48,7 @@ from .metrics_schema import (
     to_json,
     utcnow,
 )
-from .vocab import FINAL_STATUSES, MODES, RUNNING, URL_EXAMPLE, mask_url
+from .vocab import FAILED, FINAL_STATUSES, MODES, RUNNING, URL_EXAMPLE, mask_url
 
 __all__ = ["MetricsStore"]
 
@@ -379,11 +379,14 @@ class MetricsStore:
         )
 
     def fail_runs_of_trial(self, trial_id: int, reason: str) -> int:
-        """Marks a dead worker's still-running runs of an Optuna trial failed; returns how many."""
+        """Marks the runs of a trial failed for ``reason`` (its worker died): those still
+        running, and those that finished just before, whose result never reached Optuna, so
+        every run's status is its trial's. Returns how many."""
+        finished = sa.func.coalesce(runs_table.c.finished_at, utcnow())
         stmt = (
             sa.update(runs_table)
-            .where(runs_table.c.trial_id == trial_id, runs_table.c.status == RUNNING)
-            .values(status="failed", error=reason, finished_at=utcnow(), updated_at=utcnow())
+            .where(runs_table.c.trial_id == trial_id, runs_table.c.status != FAILED)
+            .values(status=FAILED, error=reason, finished_at=finished, updated_at=utcnow())
         )
         return int(self._write(lambda conn: conn.execute(stmt).rowcount))
 

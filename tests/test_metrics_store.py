@@ -493,3 +493,19 @@ def test_many_stores_opening_a_fresh_database_at_once(url: str) -> None:
         assert conn.execute(sa.text("SELECT version FROM oialr_schema")).all() == [
             (SCHEMA_VERSION,)
         ]
+
+
+def test_a_dead_workers_trial_fails_every_run_of_it(store: MetricsStore) -> None:
+    done = new_run(store, study_name="a", trial_number=0, trial_id=7)  # seed 0 finished
+    store.finish_run(done, "complete", result={"val_acc": 0.9})
+    running = new_run(store, study_name="a", trial_number=0, trial_id=7)  # seed 1 was training
+    other = new_run(store, study_name="a", trial_number=1, trial_id=8)
+    finished_at = read(store).runs().set_index("id").loc[done, "finished_at"]
+
+    assert store.fail_runs_of_trial(7, "its worker (h:1) is gone") == 2
+    runs = read(store).runs().set_index("id")
+    assert list(runs.loc[[done, running], "status"]) == ["failed", "failed"]
+    assert set(runs.loc[[done, running], "error"]) == {"its worker (h:1) is gone"}
+    assert runs.loc[done, "finished_at"] == finished_at, "when it finished is kept"
+    assert runs.loc[other, "status"] == "running"
+    assert store.fail_runs_of_trial(7, "again") == 0, "failed runs keep their first reason"
