@@ -5,6 +5,7 @@ into the metrics store. Then a worker is stopped by SIGTERM half-way through a t
 FAILs with the reason, its run is marked failed) and another is killed outright (its trial stays
 RUNNING, its run "running"), as happens to live workers. The other builders set up states a
 study reaches without training (only failures, a single objective, empty storages).
+``open_page`` runs one page of the dashboard on such a database in Streamlit's AppTest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,30 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from helpers import env_with_repo
+from helpers import REPO, env_with_repo
+
+APP = str(REPO / "app" / "dashboard.py")
+PAGES = {
+    "studies": "app_pages/studies.py",
+    "live": "app_pages/live.py",
+    "pareto": "app_pages/pareto.py",
+    "parameters": "app_pages/parameters.py",
+    "trial": "app_pages/trial.py",
+}
+
+
+def open_page(monkeypatch, url: str, page: str = "studies", /, **query: str | list[str]):
+    """The dashboard's ``page`` on storage ``url``, with these URL parameters, run once."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("OIALR_STORAGE", url)
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    if page != "studies":
+        at.switch_page(PAGES[page])
+    return at.run()
+
 
 OBJECTIVES = ["val_acc", "trainable_fraction"]
 SPEC = """

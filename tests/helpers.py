@@ -7,9 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from oialr.metrics_reader import MetricsReader
+from oialr.metrics_store import MetricsStore
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -82,3 +84,23 @@ def run_benchmark(name: str, out: Path, *extra: str, timeout: int = 300) -> dict
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert out.is_file(), f"{name} did not write {out}"
     return json.loads(out.read_text())
+
+
+def open_stores_at_once(url: str, n: int) -> list[str]:
+    """Open ``n`` metrics stores on ``url`` from ``n`` threads at the same moment (as the
+    workers of a new study do); returns the errors they raised."""
+    barrier, errors = threading.Barrier(n), []
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            MetricsStore(url).close()
+        except Exception as exc:  # collected, then asserted by the caller
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=open_store) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

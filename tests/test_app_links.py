@@ -8,19 +8,12 @@ from __future__ import annotations
 import app_fixtures
 import pytest
 import streamlit as st
-from helpers import REPO
+from app_fixtures import PAGES, open_page
 from streamlit.testing.v1 import AppTest
 
 from app import charts
 from app.links import CAP, quoted
 
-APP = str(REPO / "app" / "dashboard.py")
-PAGES = {
-    "live": "app_pages/live.py",
-    "pareto": "app_pages/pareto.py",
-    "parameters": "app_pages/parameters.py",
-    "trial": "app_pages/trial.py",
-}
 LONG = "x" * 30_000
 DIGITS = "7" * 5_000
 
@@ -36,16 +29,6 @@ def fresh_caches():
     st.cache_resource.clear()
     yield
     st.cache_resource.clear()
-
-
-def open_page(monkeypatch, url: str, page: str, query: dict[str, str | list[str]]) -> AppTest:
-    monkeypatch.setenv("OIALR_STORAGE", url)
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    if page != "studies":
-        at.switch_page(PAGES[page])
-    return at.run()
 
 
 def draws(at: AppTest, page: str) -> bool:
@@ -99,7 +82,7 @@ def compare_shown(at):
 
 BAD = [
     # (page, query, values the warning must name, what is shown instead)
-    *[(page, {"study": "nosuch"}, ["nosuch"], study_shown) for page in ["studies", *PAGES]],
+    *[(page, {"study": "nosuch"}, ["nosuch"], study_shown) for page in PAGES],
     ("studies", {"study": LONG}, [LONG], study_shown),
     ("pareto", {"study": ""}, [""], study_shown),
     ("studies", {"study": ":red[alarm] **bold** [link](http://example.com)"},
@@ -140,7 +123,7 @@ BAD = [
 def test_a_link_to_nowhere_says_what_it_shows_instead(
     monkeypatch, study, page, query, named, shown
 ):
-    at = open_page(monkeypatch, study, page, query)
+    at = open_page(monkeypatch, study, page, **query)
     assert not at.exception, at.exception
     assert not at.error
     assert len(at.warning) == 1, [w.value for w in at.warning]
@@ -154,7 +137,7 @@ def test_a_link_to_nowhere_says_what_it_shows_instead(
 
 
 def test_more_than_three_bad_values_are_counted_not_listed(monkeypatch, study):
-    at = open_page(monkeypatch, study, "pareto", {"overlay": [f"gone-{i}" for i in range(5)]})
+    at = open_page(monkeypatch, study, "pareto", overlay=[f"gone-{i}" for i in range(5)])
     assert "`gone-0`, `gone-1`, `gone-2` and 2 more are not another" in at.warning[0].value
 
 
@@ -166,13 +149,13 @@ GOOD = [
     ("pareto", {"x": "stored fraction", "test": "true", "overlay": "acc-only"}),
     ("pareto", {"color": "sigma cutoff"}),
     ("parameters", {"evaluator": "ped-anova", "slices_of": "trainable fraction"}),
-    *[(page, {}) for page in ["studies", *PAGES]],
+    *[(page, {}) for page in PAGES],
 ]
 
 
 @pytest.mark.parametrize(("page", "query"), GOOD)
 def test_a_good_link_gives_no_warning(monkeypatch, study, page, query):
-    at = open_page(monkeypatch, study, page, query)
+    at = open_page(monkeypatch, study, page, **query)
     assert not at.exception, at.exception
     assert not at.warning, [w.value for w in at.warning]
     assert draws(at, page)
@@ -184,7 +167,7 @@ def test_a_good_link_gives_no_warning(monkeypatch, study, page, query):
 
 
 def test_two_bad_parameters_share_one_warning(monkeypatch, study):
-    at = open_page(monkeypatch, study, "pareto", {"study": "nosuch", "color": "garbage"})
+    at = open_page(monkeypatch, study, "pareto", study="nosuch", color="garbage")
     assert len(at.warning) == 1
     text = at.warning[0].value
     assert text.index("Study `nosuch`") < text.index("Colour `garbage`")

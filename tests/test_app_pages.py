@@ -22,6 +22,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 import streamlit as st
+from app_fixtures import PAGES, open_page
 from helpers import REPO, env_with_repo
 from streamlit.testing.v1 import AppTest
 
@@ -29,15 +30,6 @@ from app import charts, optuna_reads, queries
 from oialr.metrics_reader import MetricsReader
 from oialr.metrics_store import MetricsStore
 from oialr.vocab import DEFAULT_STORAGE
-
-APP = str(REPO / "app" / "dashboard.py")
-PAGES = {
-    "studies": "app_pages/studies.py",
-    "live": "app_pages/live.py",
-    "pareto": "app_pages/pareto.py",
-    "parameters": "app_pages/parameters.py",
-    "trial": "app_pages/trial.py",
-}
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +44,6 @@ def fresh_caches():
     st.cache_resource.clear()
     yield
     st.cache_resource.clear()  # dispose of engines on files a later test may delete
-
-
-def run_page(monkeypatch, url: str, page: str = "studies", **query) -> AppTest:
-    monkeypatch.setenv("OIALR_STORAGE", url)
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    if page != "studies":
-        at.switch_page(PAGES[page])
-    return at.run()
 
 
 def charts_of(at: AppTest) -> list[dict]:
@@ -85,7 +67,7 @@ def texts(at: AppTest) -> str:
     [("studies", 0), ("live", 6), ("pareto", 1), ("parameters", 4), ("trial", 4)],
 )
 def test_every_page_renders_the_study(monkeypatch, dbs, page, min_charts):
-    at = run_page(monkeypatch, dbs["study"], page)
+    at = open_page(monkeypatch, dbs["study"], page)
     assert not at.exception, at.exception
     assert not at.error
     assert len(at.get("plotly_chart")) >= min_charts
@@ -94,7 +76,7 @@ def test_every_page_renders_the_study(monkeypatch, dbs, page, min_charts):
 
 
 def test_studies_page_summarises_every_study(monkeypatch, dbs):
-    at = run_page(monkeypatch, dbs["study"])
+    at = open_page(monkeypatch, dbs["study"])
     table = at.dataframe[0].value.set_index("study")
     assert set(table.index) == {"tiny", "all-failed", "acc-only"}
     assert table.loc["tiny", ["COMPLETE", "FAIL", "RUNNING"]].tolist() == [4, 1, 1]
@@ -118,7 +100,7 @@ def test_studies_page_summarises_every_study(monkeypatch, dbs):
 )
 @pytest.mark.parametrize("page", list(PAGES))
 def test_empty_storage_shows_a_message_not_a_traceback(monkeypatch, dbs, kind, message, page):
-    at = run_page(monkeypatch, dbs[kind], page)
+    at = open_page(monkeypatch, dbs[kind], page)
     assert not at.exception
     assert message in at.info[0].value
     assert not at.get("plotly_chart")
@@ -136,7 +118,7 @@ def test_empty_storage_shows_a_message_not_a_traceback(monkeypatch, dbs, kind, m
     ],
 )
 def test_a_study_with_only_failed_trials_explains_itself(monkeypatch, dbs, page, message):
-    at = run_page(monkeypatch, dbs["study"], page, study="all-failed")
+    at = open_page(monkeypatch, dbs["study"], page, study="all-failed")
     assert not at.exception
     assert at.selectbox(key="study").value == "all-failed"
     assert message in at.info[0].value
@@ -147,7 +129,7 @@ def test_a_study_with_only_failed_trials_explains_itself(monkeypatch, dbs, page,
 @pytest.mark.parametrize("page", list(PAGES))
 @pytest.mark.parametrize("db", ["study", "optuna_only"])
 def test_a_single_objective_study_without_metrics_renders(monkeypatch, dbs, page, db):
-    at = run_page(monkeypatch, dbs[db], page, study="acc-only")
+    at = open_page(monkeypatch, dbs[db], page, study="acc-only")
     assert not at.exception, at.exception
     assert not at.error
     if page in ("pareto", "parameters"):
@@ -166,7 +148,7 @@ def test_a_single_objective_study_without_metrics_renders(monkeypatch, dbs, page
 
 def test_password_is_masked_wherever_the_url_is_shown(monkeypatch):
     url = "postgresql+psycopg://me:hunter2@127.0.0.1:1/oialr"  # nothing listens on port 1
-    at = run_page(monkeypatch, url, "pareto")
+    at = open_page(monkeypatch, url, "pareto")
     assert not at.exception
     shown = texts(at) + at.sidebar.caption[0].value
     assert "hunter2" not in shown and "me:***@127.0.0.1" in shown
@@ -174,7 +156,7 @@ def test_password_is_masked_wherever_the_url_is_shown(monkeypatch):
 
 
 def test_trial_page_opens_the_trial_in_the_url(monkeypatch, dbs):
-    at = run_page(monkeypatch, dbs["study"], "trial", trial="3")
+    at = open_page(monkeypatch, dbs["study"], "trial", trial="3")
     assert not at.exception
     assert at.title[0].value == "Trial 3 of tiny"
     # what the worker recorded: it reproduces the trial
@@ -208,7 +190,7 @@ def test_trial_page_opens_the_trial_in_the_url(monkeypatch, dbs):
 
 def test_pareto_page_options_come_from_the_url(monkeypatch, dbs):
     query = {"x": "stored fraction", "color": "delay", "test": "true", "overlay": "all-failed"}
-    at = run_page(monkeypatch, dbs["study"], "pareto", **query)
+    at = open_page(monkeypatch, dbs["study"], "pareto", **query)
     assert not at.exception
     pareto = charts_of(at)[0]
     names = [trace["name"] for trace in pareto["data"]]
@@ -219,7 +201,7 @@ def test_pareto_page_options_come_from_the_url(monkeypatch, dbs):
 
 
 def test_parameters_page_filters_set_constraint_ranges(monkeypatch, dbs):
-    at = run_page(monkeypatch, dbs["study"], "parameters")
+    at = open_page(monkeypatch, dbs["study"], "parameters")
     slider = at.slider(key="range_params_delay")
     lo, hi = slider.value
     slider.set_value((lo, (lo + hi) / 2)).run()
@@ -254,7 +236,7 @@ def test_live_page_reads_only_new_rows(monkeypatch, dbs, tmp_path):
     source.close()
     copy.close()
     url = f"sqlite:///{db}"
-    at = run_page(monkeypatch, url, "live", trial="5")
+    at = open_page(monkeypatch, url, "live", trial="5")
     assert not at.exception, at.exception
     assert at.toggle(key="auto").value  # a running trial auto-refreshes
     window = at.session_state["live"]
@@ -285,7 +267,7 @@ def test_the_app_only_reads(monkeypatch, dbs):
 
     before = digest()
     for page in PAGES:
-        assert not run_page(monkeypatch, dbs["study"], page).exception
+        assert not open_page(monkeypatch, dbs["study"], page).exception
     assert digest() == before
     engine = queries.open_engine(dbs["study"])
     with (
@@ -360,7 +342,7 @@ def _record_script(url: str) -> int:
 def test_a_run_recorded_without_a_study_is_live(monkeypatch, tmp_path):
     url = f"sqlite:///{tmp_path / 'script.db'}"
     run_id = _record_script(url)
-    at = run_page(monkeypatch, url)  # no Optuna study: Live is the only page, and the default
+    at = open_page(monkeypatch, url)  # no Optuna study: Live is the only page, and the default
     assert not at.exception, at.exception
     assert not at.info and not at.warning
     assert [t.value for t in at.title] == ["Live"]
@@ -376,16 +358,16 @@ def test_runs_recorded_without_a_study_are_offered_beside_the_study(monkeypatch,
     shutil.copy(dbs["study"].removeprefix("sqlite:///"), path)
     url = f"sqlite:///{path}"
     run_id = _record_script(url)
-    at = run_page(monkeypatch, url, "live")
+    at = open_page(monkeypatch, url, "live")
     assert not at.exception and not at.warning
     assert at.radio(key="runs").value == "of the study"  # the study's trials first
     assert at.selectbox(key="trial").value is not None
-    at = run_page(monkeypatch, url, "live", run=str(run_id))  # a shared link to the run
+    at = open_page(monkeypatch, url, "live", run=str(run_id))  # a shared link to the run
     assert not at.exception and not at.warning
     assert at.radio(key="runs").value == "recorded without a study"
     assert at.selectbox(key="run").value == run_id
     assert len(at.get("plotly_chart")) >= 6
-    at = run_page(monkeypatch, url, "studies")  # the study's pages are unchanged
+    at = open_page(monkeypatch, url, "studies")  # the study's pages are unchanged
     assert at.dataframe[0].value.set_index("study").loc["tiny", "trials_per_hour"] > 0
 
 
@@ -406,7 +388,7 @@ def test_pages_read_a_study_on_postgresql(monkeypatch, postgres_server):
     name = f"app-pg-{uuid.uuid4().hex[:6]}"  # the server is shared with other tests
     app_fixtures.build_study_db(postgres_server.url, n_trials=2, name=name)
     for page in PAGES:
-        at = run_page(monkeypatch, postgres_server.url, page, study=name)
+        at = open_page(monkeypatch, postgres_server.url, page, study=name)
         assert not at.exception, (page, at.exception)
         assert at.selectbox(key="study").value == name
         # Studies is a table (it loads no Plotly); every other page draws charts.
@@ -431,10 +413,10 @@ def test_a_rerun_without_new_trials_builds_no_figure(monkeypatch, dbs, tmp_path)
         monkeypatch.setattr(
             charts, name, lambda *a, _f=real, _n=name, **k: built.append(_n) or _f(*a, **k)
         )
-    at = run_page(monkeypatch, url, "parameters")
+    at = open_page(monkeypatch, url, "parameters")
     assert sorted(built) == ["contour_figure", "parallel_figure", "slices_figure"]
     at.run()  # the same study revision: every figure comes from the cache
-    at = run_page(monkeypatch, url, "parameters")  # another viewer, too
+    at = open_page(monkeypatch, url, "parameters")  # another viewer, too
     assert len(built) == 3
     engine = queries.open_engine(url)
     before = optuna_reads.storage_token(engine)
@@ -444,7 +426,7 @@ def test_a_rerun_without_new_trials_builds_no_figure(monkeypatch, dbs, tmp_path)
     assert optuna_reads.storage_token(engine) != before  # the Studies summary is re-read too
     engine.dispose()
     st.cache_data.clear()  # instead of waiting the 2 s the fingerprint is cached for
-    run_page(monkeypatch, url, "parameters")
+    open_page(monkeypatch, url, "parameters")
     assert len(built) == 6  # a new trial: a new revision, new figures
 
 

@@ -8,14 +8,13 @@ when a store opens it.
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import pytest
 import sqlalchemy as sa
 import torch
 import torch.nn.functional as F
-from helpers import LAYER_RECORD
+from helpers import LAYER_RECORD, open_stores_at_once
 from torch import nn
 
 import oialr
@@ -144,21 +143,7 @@ def test_a_version_1_database_is_read_as_it_is_then_upgraded_in_place(url):
 
 def test_many_stores_upgrading_one_old_database_at_once(url):
     _make_version_1(url)
-    barrier, errors = threading.Barrier(4), []
-
-    def open_store() -> None:
-        barrier.wait()
-        try:
-            MetricsStore(url).close()
-        except Exception as exc:  # collected, then asserted in the main thread
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=open_store) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert open_stores_at_once(url, 4) == []
     engine = make_engine(url)
     columns = {c["name"] for c in sa.inspect(engine).get_columns("oialr_layers")}
     assert {c.name for c in ADDED_COLUMNS[2]} <= columns

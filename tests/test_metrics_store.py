@@ -8,7 +8,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from helpers import LAYER_RECORD, REPO, read
+from helpers import LAYER_RECORD, REPO, open_stores_at_once, read
 
 from oialr.errors import ConfigError, StorageError
 from oialr.metrics_schema import SCHEMA_VERSION, make_engine
@@ -474,21 +473,7 @@ def test_concurrent_writer_processes_and_reader(url: str) -> None:
 
 def test_many_stores_opening_a_fresh_database_at_once(url: str) -> None:
     """Workers of a new study all create the tables at the same moment: the losers retry."""
-    barrier, errors = threading.Barrier(6), []
-
-    def open_store() -> None:
-        barrier.wait()
-        try:
-            MetricsStore(url).close()
-        except Exception as exc:  # collected, then asserted in the main thread
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=open_store) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert open_stores_at_once(url, 6) == []
     with MetricsStore(url).engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version FROM oialr_schema")).all() == [
             (SCHEMA_VERSION,)

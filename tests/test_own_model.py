@@ -189,22 +189,14 @@ def test_your_own_loop_prunes_and_a_silent_loop_fails_with_the_reason(yours):
 
 def test_the_dashboard_shows_imported_trials_as_built_in_ones(yours, monkeypatch):
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from app import queries
+    from app_fixtures import open_page
 
     url = f"sqlite:///{yours / 'app.db'}"
     assert main(["study", "run", spec(yours, "shown"), "--storage", url, "--quiet"]) == 0
-    monkeypatch.setenv("OIALR_STORAGE", url)
     for page in ("pareto", "trial"):
         st.cache_data.clear()
         st.cache_resource.clear()  # another test's figures and engines
-        at = AppTest.from_file(
-            str(queries.__file__).replace("queries.py", "dashboard.py"), default_timeout=60
-        )
-        at.switch_page(f"app_pages/{page}.py")
-        at.query_params["trial"] = "1"
-        at.run()
+        at = open_page(monkeypatch, url, page, trial="1")
         assert not at.exception, (page, at.exception)
         assert at.get("plotly_chart"), (page, [w.value for w in at.warning])
     st.cache_resource.clear()
