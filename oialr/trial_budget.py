@@ -93,13 +93,16 @@ def _is(trial: FrozenTrial, attrs: dict[str, Any]) -> bool:
     return all(trial.user_attrs.get(k) == v for k, v in attrs.items())
 
 
-def owe_baselines(study: optuna.Study, spec: StudySpec) -> None:
-    """Queue each baseline that has no COMPLETE, RUNNING or WAITING trial."""
-    trials = study.get_trials(deepcopy=False)
+def owe_baselines(study: optuna.Study, spec: StudySpec, trials: list[FrozenTrial]) -> bool:
+    """Queue each baseline that has no COMPLETE, RUNNING or WAITING trial in ``trials``;
+    returns whether one is waiting to run (queued now or before)."""
+    owed = False
     for attrs in baselines_of(spec):
         same = [t for t in trials if _is(t, attrs)]
-        live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-        if any(t.state in live for t in same):
+        if any(t.state == TrialState.WAITING for t in same):
+            owed = True
+            continue
+        if any(t.state in (TrialState.COMPLETE, TrialState.RUNNING) for t in same):
             continue
         failed = sum(t.state == TrialState.FAIL for t in same)
         if failed >= BASELINE_ATTEMPTS:
@@ -108,6 +111,8 @@ def owe_baselines(study: optuna.Study, spec: StudySpec) -> None:
         if same:
             _logger.warning("baseline %s did not complete: queued again", attrs)
         study.enqueue_trial({}, user_attrs=attrs)
+        owed = True
+    return owed
 
 
 def _alive(pid: int) -> bool:
@@ -164,14 +169,9 @@ class TrialBudget:
         self._lock.acquire()
         try:
             fail_dead_workers(study, self.url)
-            owe_baselines(study, self.spec)
-            trials = study.get_trials(deepcopy=False)
+            trials = study.get_trials(deepcopy=False)  # one read of the study per claim
+            owed = owe_baselines(study, self.spec, trials)
             taken = sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials)
-            owed = any(
-                t.state == TrialState.WAITING and _is(t, attrs)
-                for t in trials
-                for attrs in baselines_of(self.spec)
-            )
             if taken < self.n_trials or owed:
                 return True
         except BaseException:
