@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import array
 import json
+import sqlite3
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -206,16 +208,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:
 
     WAL lets readers proceed while a writer commits; busy_timeout makes a writer wait for the
     lock instead of failing with 'database is locked'; synchronous=NORMAL is durable in WAL mode
-    up to a power loss and much cheaper than FULL. busy_timeout goes first so that switching the
-    journal mode itself waits for the lock.
+    up to a power loss and much cheaper than FULL.
     """
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while the file is locked.
+
+    Two workers opening a fresh file at once race to switch it, and the loser's switch can fail
+    with 'database is locked' at once, busy_timeout or not (seen as a worker exiting on start).
+    Once one has switched, the mode is the file's and the switch is a no-op for the others.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_engine(url: str) -> Engine:
