@@ -214,12 +214,19 @@ def sharing(q: dict) -> str:
          f"{u['trials_per_hour']:.0f}", f"{u['epochs_trained']:.0f}"],
     ]  # fmt: skip
     verdict = "met" if q["speedup"] >= 1.5 else "**not met**"
+    bound = (
+        f" A perfect cache, sharing every converted run's whole dense phase to the step, would "
+        f"train {q['epochs_trained_ideal']:.0f} trial-epochs: {q['work_bound']:.2f}× less work "
+        "than neither, the most warm-up sharing can give at this spec's delays."
+        if "work_bound" in q
+        else ""
+    )
     same = "identical" if q["same_values"] else "**different**"
     return (
         "\n\n"
         + table(["quickstart", "wall time", "trials per hour", "trial-epochs trained"], rows)
         + f"\n\n**{q['speedup']:.2f}×** trials per hour (goal ≥ 1.5×: {verdict}); the "
-        f"{q['finished_trials']} trial values are {same} in both."
+        f"{q['finished_trials']} trial values are {same} in both." + bound
     )
 
 

@@ -106,24 +106,28 @@ def only_study(url: str) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=url)
 
 
-def epochs_trained(url: str, study_name: str) -> int:
-    """Rows of ``oialr_epochs`` over every run of the study (pruned runs included)."""
+def study_scalar(url: str, study_name: str, query: str) -> int:
+    """One number about the study's runs from the metrics tables (``:name`` is the study)."""
     from oialr.metrics_schema import make_engine
 
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.text(
-                        "SELECT COUNT(e.id) FROM oialr_epochs e "
-                        "JOIN oialr_runs r ON r.id = e.run_id WHERE r.study_name = :name"
-                    ),
-                    {"name": study_name},
-                ).scalar()
-            )
+            return int(conn.execute(sa.text(query), {"name": study_name}).scalar() or 0)
     finally:
         engine.dispose()
+
+
+def epochs_trained(url: str, study_name: str) -> int:
+    """Rows of ``oialr_epochs`` over every run of the study (pruned runs included)."""
+    return study_scalar(url, study_name, "SELECT COUNT(e.id) FROM oialr_epochs e JOIN oialr_runs r "
+                        "ON r.id = e.run_id WHERE r.study_name = :name")  # fmt: skip
+
+
+def dense_steps_before_conversion(url: str, study_name: str) -> int:
+    """Steps every converted run trained dense: what a perfect warm-up cache could share."""
+    return study_scalar(url, study_name, "SELECT SUM(conversion_step) FROM oialr_runs "
+                        "WHERE study_name = :name AND conversion_step IS NOT NULL")  # fmt: skip
 
 
 def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
@@ -214,8 +218,13 @@ def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[s
             **summary,
             "storage_overhead_sqlite": outside_training(trials),
             "values": [t.values for t in sorted(trials, key=lambda t: t.number)],
+            "shareable_steps": dense_steps_before_conversion(url, study.study_name),
         }
     shared, unshared = arms["shared"], arms["unshared"]
+    # The most any cache could save: every converted run's whole dense phase, to the step.
+    shareable = shared.pop("shareable_steps") / steps_per_epoch(sets)
+    ideal = unshared["epochs_trained"] - shareable
+    del unshared["shareable_steps"]
     return {
         "data_load_ms": data_load_ms(QUICKSTART, sets),
         "overrides": sets,
@@ -223,6 +232,8 @@ def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[s
         "unshared": {k: v for k, v in unshared.items() if k != "values"},
         "same_values": shared.pop("values") == unshared.pop("values"),
         "speedup": round(shared["trials_per_hour"] / unshared["trials_per_hour"], 2),
+        "epochs_trained_ideal": round(ideal, 1),
+        "work_bound": round(unshared["epochs_trained"] / ideal, 2),
     }
 
 
@@ -470,6 +481,8 @@ def report(results: dict[str, Any]) -> None:
                        ("epochs_recorded", "trial-epochs recorded")):  # fmt: skip
         print(f"{label:<34} {q[key]:>10} {q['unshared'][key]:>10}")
     print(f"speed-up {q['speedup']:.2f}x; identical trial values: {q['same_values']}")
+    print(f"a perfect cache would train {q['epochs_trained_ideal']} trial-epochs: "
+          f"{q['work_bound']:.2f}x less work than unshared")  # fmt: skip
     print(f"data load / trial  {q['data_load_ms']:.0f} ms (in this process, median of 3)")
     print(f"best val acc       {_fmt(q['best_val_acc'])}  (dense {_fmt(q['dense_val_acc'])})")
     print(f"min trainable fraction within 1 pt of dense: {_fmt(q['min_fraction_within_1pt'])}")
