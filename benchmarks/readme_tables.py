@@ -100,7 +100,7 @@ def compare(d: dict) -> str:
                         for m, s in d["studies"].items())  # fmt: skip
     return (
         f"**Accuracy versus parameters on Fashion-MNIST** — {d['seeds']} seeds, epochs {d['epochs']}, "
-        f"training subset {d['subset'] or 'all'} (`{d['command']}`). *Tuned* is the most accurate "
+        f"{d['subset']:,} training images (`{d['command']}`). *Tuned* is the most accurate "
         f"Pareto trial at ≤ 10 % trainable parameters found by `oialr study run` ({studies}).\n\n"
         + table(
             ["model", "configuration", "test accuracy (%)", "trainable", "stored", "wall time (s)"],

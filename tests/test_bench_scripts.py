@@ -39,6 +39,8 @@ def test_study_bench_quick(tmp_path):
     # side by side without the shared warm-up and data cache: the same trials, the same values
     assert q["same_values"] is True and q["unshared"]["finished_trials"] == 5
     assert q["epochs_trained"] < q["unshared"]["epochs_trained"] == q["epochs_recorded"]
+    # no cache can share more than every converted run's dense phase
+    assert q["epochs_trained_ideal"] <= q["epochs_trained"] and q["work_bound"] >= 1.0
 
     p = data["pruning"]
     assert p["same_configurations"] is True  # random sampler, same seed
