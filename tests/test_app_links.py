@@ -145,6 +145,7 @@ GOOD = [
     ("studies", {"study": "tiny"}),
     ("studies", {"study": "acc-only"}),
     ("trial", {"trial": "1"}),
+    ("trial", {"trial": "1", "compare": "3 · oialr"}),  # what a link written while 3 ran holds
     ("live", {"trial": "5"}),
     ("pareto", {"x": "stored fraction", "test": "true", "overlay": "acc-only"}),
     ("pareto", {"color": "sigma cutoff"}),
@@ -164,6 +165,8 @@ def test_a_good_link_gives_no_warning(monkeypatch, study, page, query):
             assert at.selectbox(key="study").value == value
         elif key == "trial":
             assert at.selectbox(key="trial").value == int(value)
+        elif key == "compare":
+            assert at.multiselect(key="compare").value == [3]
 
 
 def test_two_bad_parameters_share_one_warning(monkeypatch, study):

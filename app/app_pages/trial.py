@@ -98,14 +98,16 @@ else:
     layer_ui.rank_measures_ui(history, key="trial_ranks")
 
 st.subheader("Compare")
+# The URL holds these labels: number and mode, which a trial keeps, not its state, which changes.
+kept = {n: f"{n} · {frame.loc[n, TrialAttr.MODE]}" for n in others}
 links.check_all(
-    "compare", {names[n] for n in others}, what=("Trial to compare", "Trials to compare"),
+    "compare", set(kept.values()), what=("Trial to compare", "Trials to compare"),
     where=f"another trial of {quoted(ctx['study'])}", doing="comparing with",
-    default=[names[n] for n in fixed[:3]],
+    default=[kept[n] for n in fixed[:3]],
 )  # fmt: skip
 compare = st.multiselect(
     "Compare with trials (up to 3)", others, default=fixed[:3], max_selections=3,
-    key="compare", bind="query-params", format_func=lambda n: names[n],
+    key="compare", bind="query-params", format_func=kept.get,
 )  # fmt: skip
 shown = ["state", TrialAttr.MODE, *results, *(queries.PARAM_PREFIX + p for p in trials.params)]
 side = frame.loc[[trial, *compare], [c for c in shown if c in frame]]
