@@ -146,32 +146,33 @@ def spectrum_figure(
 
 def rank_measures_figure(layers: pd.DataFrame) -> go.Figure:
     """Each layer's rank over the updates: kept (solid steps) and effective (exp of the
-    spectrum's entropy, dashed) on the left, stable (Σσ² / σ₁²) on the right. The gap between
+    spectrum's entropy, dashed) on top, stable (Σσ² / σ₁²) below: stacked, so the panel titles
+    never run into each other at half width. The gap between
     kept and effective says how much of the kept rank the spectrum really uses. Records of an
     older oialr have no effective or stable rank: only the kept rank is drawn then."""
-    fig = make_subplots(rows=1, cols=2, shared_xaxes=True, horizontal_spacing=0.08,
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.14,
                         subplot_titles=("rank kept (solid), effective (dashed)", "stable rank"))  # fmt: skip
     names = layer_labels(layers)
     for index, (layer, group) in enumerate(_by_layer(_updates(layers))):
         tint, name = PALETTE[index % len(PALETTE)], names.get(str(layer), str(layer))
         group = thin(group)
         steps = group["step"].to_numpy()
-        for col, column, dash in ((1, "rank_after", "solid"), (1, "effective_rank", "dash"),
+        for row, column, dash in ((1, "rank_after", "solid"), (1, "effective_rank", "dash"),
                                   (2, "stable_rank", "solid")):  # fmt: skip
             if column in group and group[column].notna().any():
                 fig.add_trace(
                     go.Scatter(
                         x=steps, y=floats(group[column]), mode="lines", name=name,
-                        line={"color": tint, "dash": dash, "shape": "hv" if col == 1 and dash == "solid" else None},
+                        line={"color": tint, "dash": dash, "shape": "hv" if row == 1 and dash == "solid" else None},
                         legendgroup=name, showlegend=column == "rank_after",
                         hovertemplate=f"{name}<br>step %{{x}}: {column.replace('_after', ' kept').replace('_', ' ')} "
                         "%{y:.1f}<extra></extra>",
                     ),
-                    row=1, col=col,
+                    row=row, col=1,
                 )  # fmt: skip
-    fig.update_xaxes(title_text="step")
+    fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_yaxes(rangemode="tozero")
-    return styled(fig, "ranks per layer", height=380, legend={"orientation": "v"})
+    return styled(fig, "ranks per layer", height=480, legend={"orientation": "v"})
 
 
 def rank_compare_figure(history: pd.DataFrame, names: Mapping[int, str]) -> go.Figure:
