@@ -250,6 +250,28 @@ def study_bench(d: dict) -> str:
     )
 
 
+def conv_paths(d: dict) -> str:
+    rows = [[c["shape"], c["layout"], c["rank"], f"{c['factored']:.2f}", f"{c['materialised']:.2f}",
+             c["auto"] + ("" if c["auto_is_faster"] else " ✗")] for c in d["convs"]]  # fmt: skip
+    lenet = "; ".join(
+        f"{100 * r['rank_fraction']:.0f} % rank: **{r['auto']:.2f}** (factored {r['factored']:.2f}, "
+        f"materialised {r['materialised']:.2f})"
+        for r in d["lenet5"]
+    )
+    return (
+        f"**Which forward a low-rank conv runs** ({d['machine']['cpu']}, {d['machine']['threads']} "
+        "threads; `python benchmarks/conv_paths.py`): forward + backward of one layer over the "
+        "dense conv's, medians of alternating rounds. `auto` counts multiply-adds plus "
+        f"{d['pass_cost'].get('cpu', 0)} a row for each extra pass the factored chain makes over "
+        f"the output positions; it took the faster path in {d['auto_faster']} of {d['cases']} "
+        "cases (✗: the slower). LeNet-5's training step, low-rank over dense (channels_last, "
+        f"batch 128): {lenet}.\n\n"
+        + table(
+            ["conv", "layout", "rank", "factored / dense", "materialised / dense", "auto"], rows
+        )
+    )
+
+
 def loop_overhead(d: dict) -> str:
     rows = [[r["case"], r["batch"], f"{r['fit_ms']:.1f}", f"{r['plain_ms']:.1f}",
              f"**{r['ratio']:.3f}**", f"{r['ratio_min']:.3f}"] for r in d["results"]]  # fmt: skip
@@ -357,6 +379,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     ),
     "train_runs": ("train_runs", train_runs, "python benchmarks/train_runs.py"),
     "step_time": ("step_time", step_time, "python benchmarks/step_time.py"),
+    "conv_paths": ("conv_paths", conv_paths, "python benchmarks/conv_paths.py"),
     "compare": ("compare", compare, "python benchmarks/compare.py"),
     "app_scale": ("app_scale", app_scale, "python benchmarks/app_scale.py"),
     "app_browser": ("app_browser", app_browser, "python benchmarks/app_browser.py"),

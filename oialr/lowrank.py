@@ -27,6 +27,13 @@ from torch import Tensor, nn
 
 from .errors import TrainingDiverged
 
+# What one extra pass over a layer's output rows costs, in multiply-adds per row, by device
+# type: memory traffic plus the slow paths of convs only a few channels wide. On the CPU 1,250
+# (2 threads; `python benchmarks/conv_paths.py`): LeNet-5's low-rank convs ran their factored
+# chain at 1.2-12x dense and materialised at 1.2-1.4x, while convs of 32+ channels gain from
+# factoring. Not yet measured on CUDA: there the multiply-add count alone decides.
+PASS_COST = {"cpu": 1250}
+
 __all__ = [
     "LowRankLayer",
     "LowRankLinear",
@@ -145,13 +152,19 @@ class LowRankLayer(nn.Module):
         b_in, core, b_out = self.chain()
         return b_out @ core @ b_in.mT
 
+    # Passes over the output rows the factored chain makes beyond the materialised forward's one
+    # (a conv's r-channel conv and 1×1 convs; a Linear's chain is matmuls either way).
+    extra_passes = 0
+
     def factored_is_cheaper(self, rows: int) -> bool:
-        """Spec §5: factored ``R (r (m + n) + r²)`` vs materialised ``m r (r + n) + R m n``."""
+        """Spec §5: factored ``R (r (m + n) + r²)`` vs materialised ``m r (r + n) + R m n``
+        multiply-adds, plus what the chain's extra passes cost on this device (:data:`PASS_COST`)."""
         if isinstance(self.factored, bool):
             return self.factored
         r = self.capacity if torch.compiler.is_compiling() else self.rank  # what live() uses
         m, n = self.m, self.full_rank
-        return rows * (r * (m + n) + r * r) < m * r * (r + n) + rows * m * n
+        passes = self.extra_passes * PASS_COST.get(self.u.device.type, 0)
+        return rows * (r * (m + n) + r * r + passes) < m * r * (r + n) + rows * m * n
 
     @torch.no_grad()
     def set_from_weight(self, weight2d: Tensor) -> Tensor:
@@ -295,7 +308,9 @@ class LowRankConv1D(LowRankLinear):
 
 class LowRankConv(LowRankLayer):
     """``nn.Conv1d``/``nn.Conv2d`` (groups = 1, zero padding) as a conv with ``r`` filters over
-    the input followed by a 1×1 conv with ``B_out · core`` (spec §5)."""
+    the input followed by two 1×1 convs, ``core`` then ``B_out`` (spec §5)."""
+
+    extra_passes = 2  # three convs over the output positions, where materialised runs one
 
     groups = 1
     padding_mode = "zeros"

@@ -53,3 +53,15 @@ def test_optimizer_state_quick(tmp_path):
         for run in r["runs"]:
             assert run["update_steps"], key
     assert set(data["paired"]) == {"adamw", "sgd"}
+
+
+@pytest.mark.slow
+def test_conv_paths_quick(tmp_path):
+    data = run_script("conv_paths.py", tmp_path / "conv_paths.json")
+    assert data["benchmark"] == "conv_paths" and data["cases"] == len(data["convs"]) == 4
+    assert {c["layout"] for c in data["convs"]} == {"contiguous", "channels_last"}
+    for c in data["convs"]:
+        assert c["dense_ms"] > 0 and c["factored"] > 0 and c["materialised"] > 0
+        assert c["auto"] == "materialised"  # LeNet-5's convs, on the CPU
+    (lenet,) = data["lenet5"]
+    assert lenet["auto"] > 0 and lenet["factored"] > 0 and lenet["materialised"] > 0

@@ -38,6 +38,28 @@ def test_factored_and_materialised_paths_agree(factored):
     torch.testing.assert_close(model(x), before, atol=ATOL, rtol=1e-4)
 
 
+def _at_rank(layer: LowRankLayer, rank: int) -> LowRankLayer:
+    layer.truncate(rank)
+    return layer
+
+
+@pytest.mark.parametrize("batch", [32, 128, 1024])
+def test_auto_runs_narrow_convs_materialised_and_wide_ones_factored_on_the_cpu(batch):
+    """The multiply-add count alone sent LeNet-5's convs down a factored chain that trained at
+    3x dense on the CPU; the passes the chain adds over the output positions now count too."""
+    lenet_first = _at_rank(LowRankConv.from_dense(nn.Conv2d(1, 6, 5)), 2)
+    lenet_second = _at_rank(LowRankConv.from_dense(nn.Conv2d(6, 16, 5)), 8)
+    wide = _at_rank(LowRankConv.from_dense(nn.Conv2d(64, 64, 3, padding=1)), 6)
+    linear = _at_rank(LowRankLinear.from_dense(nn.Linear(1024, 1024)), 102)
+    assert not lenet_first.factored_is_cheaper(batch * 24 * 24)
+    assert not lenet_second.factored_is_cheaper(batch * 8 * 8)
+    assert wide.factored_is_cheaper(batch * 8 * 8)
+    assert linear.factored_is_cheaper(batch)  # a Linear's chain makes no extra pass
+    # where the pass cost is unmeasured, the multiply-add count alone decides, as before
+    elsewhere = LowRankConv.from_dense(nn.Conv2d(1, 6, 5, device="meta"), capacity=2)
+    assert elsewhere.factored_is_cheaper(batch * 24 * 24)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_to_dense_restores_ordinary_modules(kind):
     model, x = make(kind)
