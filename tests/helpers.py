@@ -10,8 +10,6 @@ import sys
 import threading
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from oialr.metrics_reader import MetricsReader
 from oialr.metrics_store import MetricsStore
 
@@ -106,22 +104,3 @@ def open_stores_at_once(url: str, n: int) -> list[str]:
     for thread in threads:
         thread.join()
     return errors
-
-
-def connect_to_fresh_files(folder: str, n_files: int, barrier, failures) -> None:
-    """One of several processes connecting to the same fresh SQLite files, file after file, at
-    the same moment (a spawned worker: see the test); puts how many connections failed."""
-    from oialr.metrics_schema import make_engine
-
-    failed = 0
-    for i in range(n_files):
-        barrier.wait()
-        engine = make_engine(f"sqlite:///{folder}/{i}.db")
-        try:
-            with engine.connect():
-                pass
-        except sa.exc.OperationalError:
-            failed += 1
-        finally:
-            engine.dispose()
-    failures.put(failed)

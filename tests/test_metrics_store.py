@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import pickle
 import subprocess
@@ -17,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from helpers import LAYER_RECORD, REPO, connect_to_fresh_files, open_stores_at_once, read
+from helpers import LAYER_RECORD, REPO, open_stores_at_once, read
 
 from oialr.errors import ConfigError, StorageError
 from oialr.metrics_schema import SCHEMA_VERSION, make_engine
@@ -485,15 +484,14 @@ def test_processes_connecting_to_a_fresh_file_at_once_never_find_it_locked(tmp_p
     """Switching a fresh file to WAL can fail at once with 'database is locked' when another
     process switches it at the same moment, busy_timeout or not: a study's second worker
     exiting on start (10 to 50 times in these 1,200 connections before the switch was retried)."""
-    spawn, n = multiprocessing.get_context("spawn"), 4
-    barrier, failures = spawn.Barrier(n), spawn.Queue()
-    args = (str(tmp_path), 300, barrier, failures)
-    workers = [spawn.Process(target=connect_to_fresh_files, args=args) for _ in range(n)]
-    for worker in workers:
-        worker.start()
-    failed = [failures.get(timeout=300) for _ in workers]
-    for worker in workers:
-        worker.join()
+    n, files, start = 4, 300, time.time() + 3  # after every process has imported
+    script = str(Path(__file__).parent / "fresh_files_worker.py")
+    args = (str(tmp_path), str(files), str(start), "0.02")
+    workers = [
+        subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+    failed = [int(worker.communicate(timeout=300)[0]) for worker in workers]
     assert failed == [0] * n
 
 
