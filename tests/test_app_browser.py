@@ -47,6 +47,7 @@ PAGES = [
     ("/trial", "Trial", "trial"),
 ]
 README_SHOTS = os.environ.get("OIALR_SCREENSHOTS")
+STUDY = "quickstart" if README_SHOTS else "tiny"  # the study the server shows
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         return app_fixtures.shared_databases(tmp_path_factory.getbasetemp() / "app-dbs")["study"]
     # README pictures deserve a few more trials than the tests need.
     path = tmp_path_factory.mktemp("readme") / "readme.db"
-    app_fixtures.build_study_db(f"sqlite:///{path}", n_trials=12, name="quickstart")
+    app_fixtures.build_study_db(f"sqlite:///{path}", n_trials=12, name=STUDY)
     return f"sqlite:///{path}"
 
 
@@ -308,12 +309,12 @@ def _link_warnings(page) -> list[str]:
 
 def test_a_shared_link_to_a_missing_trial_says_what_it_shows(server, browser_page):
     browser_page.goto(server + "/trial?trial=999999")
-    browser_page.get_by_text("Trial 999999 is not a trial of tiny").wait_for(timeout=60_000)
+    browser_page.get_by_text(f"Trial 999999 is not a trial of {STUDY}").wait_for(timeout=60_000)
     browser_page.wait_for_function(ALL_DRAWN, timeout=60_000)
     [warning] = _link_warnings(browser_page)
     shown = re.search(r"showing trial (\d+) instead\.", warning)
     assert shown, warning
-    heading = f"Trial {shown[1]} of tiny"
+    heading = f"Trial {shown[1]} of {STUDY}"
     assert browser_page.get_by_role("heading", name=heading).first.is_visible()
     _assert_clean(browser_page)
 
@@ -324,8 +325,8 @@ def test_a_shared_link_with_garbage_is_capped_and_not_rendered_as_markdown(serve
     browser_page.get_by_text("is not in this storage").wait_for(timeout=60_000)
     browser_page.wait_for_function(ALL_DRAWN, timeout=60_000)
     [warning] = _link_warnings(browser_page)
-    assert f"Study {link} is not in this storage: showing tiny instead." in warning
-    assert f"Colour {'x' * 79}… is not a searched parameter of tiny" in warning
+    assert f"Study {link} is not in this storage: showing {STUDY} instead." in warning
+    assert f"Colour {'x' * 79}… is not a searched parameter of {STUDY}" in warning
     alert = browser_page.locator('[data-testid="stAlertContainer"]', has_text="instead.")
     assert alert.locator("a").count() == 0  # the link's text stays text
     assert alert.locator("code").first.inner_text() == link
