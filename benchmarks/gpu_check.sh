@@ -3,7 +3,8 @@
 # index: installs the wheels of optuna & co. from WHEELDIR, then, in about 11 minutes,
 #   1. runs the GPU-marked tests,
 #   2. trains a mini-ViT (paper shape) on Fashion-MNIST padded to 32×32, dense vs OIALR, bf16,
-#   3. measures the low-rank/dense step-time ratio on the GPU,
+#   3. measures the low-rank/dense step-time ratio on the GPU, and which forward (factored or
+#      materialised) each conv shape should run there (benchmarks/conv_paths.py),
 #   4. runs a 4-trial study with --gpus 0,
 #   5. measures trials per hour with 1, 2, 4, 8 workers on GPU 0 (quickstart and LeNet-5),
 # and writes every number to OUTDIR (summary.json gathers them).
@@ -62,6 +63,9 @@ done
 
 echo "== 3. step time, low-rank over dense"
 "$PY" benchmarks/step_time.py --device "$DEVICE" "${QUICK[@]}" --out "$OUT/step_time.json" | tail -25
+
+echo "== 3b. which forward low-rank convs should run on this device (calibrates PASS_COST)"
+"$PY" benchmarks/conv_paths.py --device "$DEVICE" "${QUICK[@]}" --out "$OUT/conv_paths.json" | tail -4
 
 echo "== 4. a $TRIALS-trial study with --gpus 0"
 sed -e 's/^device = .*/device = "'"$DEVICE"'"/' -e 's/^subset = .*/subset = 5000/' studies/quickstart.toml > "$OUT/study.toml"

@@ -46,6 +46,7 @@ def test_gpu_check_dry_run(tmp_path):
         "minivit_dense",
         "minivit_oialr",
         "step_time",
+        "conv_paths",
         "study_time",
         "packing",
     } <= summary.keys()
