@@ -197,7 +197,7 @@ def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[s
     """The quickstart twice, side by side: as shipped (shared dense warm-up, dataset loaded once
     per worker) and with both switched off; the same sampler seed makes the same trials when
     sharing changes no result."""
-    arms = {}
+    arms, per_epoch = {}, steps_per_epoch(sets)
     for arm in ("unshared", "shared"):
         url = f"sqlite:///{tmp / f'quickstart-{arm}.db'}"
         print(
@@ -214,7 +214,7 @@ def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[s
             "finished_trials": finished,
             "trials_per_hour": round(finished / ran["wall_s"] * 3600, 1),
             "epochs_recorded": epochs_trained(url, study.study_name),
-            "epochs_trained": round(steps_trained(trials) / steps_per_epoch(sets), 1),
+            "epochs_trained": round(steps_trained(trials) / per_epoch, 1),
             **summary,
             "storage_overhead_sqlite": outside_training(trials),
             "values": [t.values for t in sorted(trials, key=lambda t: t.number)],
@@ -222,7 +222,7 @@ def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[s
         }
     shared, unshared = arms["shared"], arms["unshared"]
     # The most any cache could save: every converted run's whole dense phase, to the step.
-    shareable = shared.pop("shareable_steps") / steps_per_epoch(sets)
+    shareable = shared.pop("shareable_steps") / per_epoch
     ideal = unshared["epochs_trained"] - shareable
     del unshared["shareable_steps"]
     return {
