@@ -9,12 +9,14 @@ For each model it times, side by side in one run, on the same Fashion-MNIST tens
   pipeline, augmentation included: data cost is not loop cost), a ``loss.item()`` every window.
 
 Rounds alternate the two (the order flips each round) so load drift hits both alike; the first
-window of every run is dropped (warm-up). ``ratio`` is the median over rounds of fit/plain
-medians, ``ratio@min`` the best fit window over the best plain window (on a shared CPU the
-least disturbed estimate). Convnets run in both memory formats, which also measures what
+window of every run is dropped (warm-up). A fast model gets more rounds than a slow one: rounds
+go on, in pairs, until each arm has ``--seconds`` of timed steps (at least ``--rounds``, at most
+``MAX_ROUNDS``), so a 15 ms step is not judged on one second of a shared CPU. ``ratio`` is the
+median over rounds of fit/plain medians, ``ratio@min`` the best fit window over the best plain
+window (on a shared CPU the least disturbed estimate). Convnets run in both memory formats, which also measures what
 ``channels_last`` buys per model: ``memory_format="auto"`` follows these numbers.
 
-    python benchmarks/loop_overhead.py            # a few minutes on a 2-core CPU
+    python benchmarks/loop_overhead.py            # about half an hour on a 2-core CPU
     python benchmarks/loop_overhead.py --quick    # smoke run, tiny sizes
 
 Writes ``benchmarks/results/loop_overhead.json`` (``--out`` to change).
@@ -41,6 +43,7 @@ from oialr.run_config import RunConfig
 from oialr.train import fit, load_data, lr_factor, resolve_device
 
 GOAL = 1.05  # the anchor: our loop within 5 % of a plain one
+MAX_ROUNDS = 24
 
 
 @dataclass
@@ -124,7 +127,8 @@ def bench(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         memory_format="contiguous" if case.memory_format == "-" else case.memory_format,
     )  # fmt: skip
     fit_ms, plain_ms, ratios = [], [], []
-    for r in range(args.rounds):
+    r = 0
+    while r < args.rounds or (sum(fit_ms) * args.window < args.seconds and r < MAX_ROUNDS) or r % 2:
         arms = (run_fit, plain_loop) if r % 2 == 0 else (plain_loop, run_fit)
         results = {arm: arm(cfg) for arm in arms}
         sync(torch.device(args.device))
@@ -132,9 +136,10 @@ def bench(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         fit_ms += f
         plain_ms += p
         ratios.append(median(f) / median(p))
+        r += 1
     row = {
         "case": case.label, "model": case.model, "memory_format": case.memory_format,
-        "batch": batch, "windows": len(fit_ms), "fit_ms": median(fit_ms) * 1e3,
+        "batch": batch, "rounds": r, "windows": len(fit_ms), "fit_ms": median(fit_ms) * 1e3,
         "plain_ms": median(plain_ms) * 1e3, "ratio": median(ratios),
         "ratio_min": min(fit_ms) / min(plain_ms),
     }  # fmt: skip
@@ -161,14 +166,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="alternating rounds, at least (default 8)"
+    )
     parser.add_argument("--windows", type=int, default=6, help="timed windows per run")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="timed seconds per arm and case before rounds stop (default 15)",
+    )
     parser.add_argument("--window", type=int, default=None, help="steps per window (default 10)")
     parser.add_argument("--models", nargs="+", default=None, help="only these models")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "loop_overhead.json")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 4)
+    args.rounds = args.rounds or (1 if args.quick else 8)
     args.window = args.window or (2 if args.quick else 10)
+    args.seconds = args.seconds if args.seconds is not None else (0.0 if args.quick else 15.0)
     t0 = time.perf_counter()
     machine = machine_info(torch.device(args.device))
     chosen = [c for c in cases(args.quick) if args.models is None or c.model in args.models]
@@ -179,10 +193,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "met": all(r["ratio"] <= GOAL for r in rows)}  # fmt: skip
     console = Console(width=120)
     table = Table(title=f"fit vs a plain loop — {machine['cpu']}, {machine['threads']} threads")
-    for col in ("case", "batch", "fit ms", "plain ms", "ratio", "ratio@min"):
+    for col in ("case", "batch", "rounds", "fit ms", "plain ms", "ratio", "ratio@min"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for r in rows:
-        table.add_row(r["case"], str(r["batch"]), f"{r['fit_ms']:.1f}", f"{r['plain_ms']:.1f}",
+        table.add_row(r["case"], str(r["batch"]), str(r["rounds"]), f"{r['fit_ms']:.1f}", f"{r['plain_ms']:.1f}",
                       f"{r['ratio']:.3f}", f"{r['ratio_min']:.3f}")  # fmt: skip
     console.print(table)
     speedups = channels_last_speedups(rows)
@@ -193,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     payload = {
         "benchmark": "loop_overhead", "quick": args.quick, "machine": machine,
-        "settings": {"rounds": args.rounds, "windows": args.windows, "window": args.window},
+        "settings": {"rounds": args.rounds, "max_rounds": MAX_ROUNDS, "seconds": args.seconds,
+                     "windows": args.windows, "window": args.window},
         "results": rows, "channels_last_speedup": speedups, "goal": goal,
         "wall_s": time.perf_counter() - t0,
     }  # fmt: skip

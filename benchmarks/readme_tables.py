@@ -273,7 +273,7 @@ def conv_paths(d: dict) -> str:
 
 
 def loop_overhead(d: dict) -> str:
-    rows = [[r["case"], r["batch"], f"{r['fit_ms']:.1f}", f"{r['plain_ms']:.1f}",
+    rows = [[r["case"], r["batch"], r["rounds"], f"{r['fit_ms']:.1f}", f"{r['plain_ms']:.1f}",
              f"**{r['ratio']:.3f}**", f"{r['ratio_min']:.3f}"] for r in d["results"]]  # fmt: skip
     goal = d["goal"]
     speedups = ", ".join(f"{m} {s:.2f}×" for m, s in d["channels_last_speedup"].items())
@@ -284,12 +284,15 @@ def loop_overhead(d: dict) -> str:
         f"**Our loop against a plain one** ({d['machine']['cpu']}, {d['machine']['threads']} "
         f"thread{'s' if d['machine']['threads'] != 1 else ''}; `python benchmarks/loop_overhead.py`): `fit`'s step time (dense mode) over a "
         "20-line PyTorch loop with the same model, AdamW, schedule, gradient clipping and "
-        "batches (augmentation included), medians of alternating rounds; `ratio@min` compares "
+        "batches (augmentation included), medians of alternating rounds (more for faster models, "
+        f"until each arm has timed {d['settings']['seconds']:g} s); `ratio@min` compares "
         "the least disturbed windows. "
         f"Goal (≤ {goal['target_ratio']}): {verdict}. `channels_last` over the default layout, "
         f'plain loop: {speedups}; `memory_format = "auto"` (the default) uses it for '
         "convnets on the CPU.\n\n"
-        + table(["model", "batch", "fit ms", "plain ms", "fit / plain", "ratio@min"], rows)
+        + table(
+            ["model", "batch", "rounds", "fit ms", "plain ms", "fit / plain", "ratio@min"], rows
+        )
     )
 
 
