@@ -10,6 +10,7 @@ trials of a worker lost on another machine and a retry callback queues them agai
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -430,7 +431,7 @@ def run_worker(
     callbacks = [_log_failure, failures, reconnects, *callbacks]
     previous = signals.install(interrupts)
     try:
-        with _outages_reported_once():
+        with _outages_reported_once(), _objects_before_trials_frozen():
             while True:
                 try:
                     _claim_and_run(study, objective, budget, callbacks, deadline,
@@ -450,6 +451,26 @@ def run_worker(
             f"{failures.reason}"
         )
     return study
+
+
+@contextlib.contextmanager
+def _objects_before_trials_frozen():
+    """Keep the collection after every trial (``gc_after_trial``) to what trials allocate.
+
+    A full collection scans every tracked object: with torch, Optuna and SQLAlchemy loaded,
+    ~200k of them, 0.2 s a trial on the quickstart (5 % of its wall time). What exists before
+    the first trial (modules, the storage) lives as long as the worker, so it is frozen out
+    of the collector and thawed on the way out. Left alone if the caller froze objects itself.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.collect()  # only what is alive gets frozen
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _claim_and_run(study, objective, budget, callbacks, deadline, stop) -> None:

@@ -17,7 +17,9 @@ from oialr.metrics_store import MetricsStore
 from oialr.tracking import record
 
 CODE = """
+import gc
 import math
+import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +59,18 @@ def train(run):
         with torch.no_grad():
             run.epoch(val_acc=(model(vx).argmax(1) == vy).float().mean().item())
     return {"test_acc": 0.5}
+
+
+SEEN = []  # per trial: were earlier trials' garbage cycles still alive, objects frozen
+CYCLES = []
+
+
+def cyclic(run):
+    SEEN.append(([ref() is not None for ref in CYCLES], gc.get_freeze_count()))
+    garbage = {"model": build(input_shape=(12,), num_classes=3)}
+    garbage["self"] = garbage  # refcounting alone never frees it
+    CYCLES.append(weakref.ref(garbage["model"]))
+    return train(run)
 
 
 def silent(run):
@@ -185,6 +199,21 @@ def test_your_own_loop_prunes_and_a_silent_loop_fails_with_the_reason(yours):
         assert all(reason in t.user_attrs["fail_reason"] for t in trials[-2:]), trials[
             -1
         ].user_attrs
+
+
+def test_a_workers_trials_leave_no_garbage_and_the_worker_leaves_the_collector_as_it_was(yours):
+    import gc
+
+    url = f"sqlite:///{yours / 'gc.db'}"
+    path = spec(yours, "gc", n_trials=4, extra='[objective]\ntrain = "yours:cyclic"\n')
+    assert main(["study", "run", path, "--storage", url, "--quiet"]) == 0
+    import yours as module
+
+    # each trial starts with the earlier trials' cyclic garbage collected, while what the worker
+    # held before its first trial sits frozen out of those collections
+    assert [alive for alive, _ in module.SEEN] == [[], [False], [False] * 2, [False] * 3]
+    assert all(frozen > 10_000 for _, frozen in module.SEEN)
+    assert gc.get_freeze_count() == 0
 
 
 def test_the_dashboard_shows_imported_trials_as_built_in_ones(yours, monkeypatch):
