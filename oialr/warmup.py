@@ -8,8 +8,9 @@ starts from the latest snapshot before ``d``: bit for bit the state it would hav
 
 The key of a snapshot is everything that determines the dense trajectory: every run option
 outside ``oialr`` (and the run's name, mode, checkpoint folder and logging cadence, which do
-not), the device type, the torch version and the hardware, and the source of your own model
-builder or loader. Changing any of these makes a new key; data files changed in place under the
+not), the device type, the torch version and the hardware, the source of oialr's own training
+loop, data pipeline and model builders (so a new oialr starts new snapshots), and the source of
+your own model builder or loader. Changing any of these makes a new key; data files changed in place under the
 same path are not noticed: delete the cache then. Writes go to a temporary file renamed into
 place, so concurrent workers never read a torn snapshot, and a cache on a shared path serves
 several machines of the same hardware.
@@ -44,6 +45,8 @@ __all__ = ["WarmupCache", "trajectory_key", "cpu_model"]
 PER_EPOCH = 4  # snapshots per epoch of dense training
 # Options that do not change the dense trajectory (OIALR's own only act at and after conversion).
 _NOT_TRAJECTORY = ("name", "mode", "oialr", "checkpoint_dir", "log_every")
+# oialr's code that trains the dense phase: any edit to it may change the trajectory
+_DENSE_CODE = ("oialr.train", "oialr.data", "oialr.models")
 
 
 def trajectory_key(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -58,6 +61,7 @@ def trajectory_key(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
     return {
         "options": options, "device": device.type, "torch": torch.__version__,
         "hardware": hardware, "threads": torch.get_num_threads(), "sources": sources,
+        "code": {module: _source_hash(module) for module in _DENSE_CODE},
     }  # fmt: skip
 
 
@@ -73,6 +77,7 @@ def cpu_model() -> str:
 
 
 def _source_hash(text: str) -> str:
+    """A short hash of the source of the module behind ``text`` (an import string)."""
     module = import_module(text.partition(":")[0])
     try:
         return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]

@@ -153,6 +153,19 @@ def test_what_changes_the_trajectory_changes_the_key():
         assert trajectory_key(RunConfig.build(**{**BASE, **change}), cpu) != base, change
 
 
+def test_a_new_oialr_training_loop_changes_the_key(monkeypatch):
+    import inspect
+
+    from oialr import train
+
+    cpu = torch.device("cpu")
+    base = trajectory_key(RunConfig.build(**BASE), cpu)
+    source = inspect.getsource
+    edited = lambda obj: source(obj) + ("# foreach" if obj is train else "")  # noqa: E731
+    monkeypatch.setattr(inspect, "getsource", edited)  # as if a new oialr were installed
+    assert trajectory_key(RunConfig.build(**BASE), cpu) != base
+
+
 def test_stability_switch_runs_start_from_scratch(tmp_path, monkeypatch):
     cache = WarmupCache(tmp_path)
     fit(RunConfig.build(**BASE, mode="dense"), warmup=cache)
