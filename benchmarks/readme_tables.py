@@ -225,7 +225,7 @@ def sharing(q: dict) -> str:
     return (
         "\n\n"
         + table(["quickstart", "wall time", "trials per hour", "trial-epochs trained"], rows)
-        + f"\n\n**{q['speedup']:.2f}×** trials per hour (goal ≥ 1.5×: {verdict}); the "
+        + f"\n\n**{q['speedup']:.3f}×** trials per hour (goal ≥ 1.5×: {verdict}); the "
         f"{q['finished_trials']} trial values are {same} in both." + bound
     )
 
