@@ -437,9 +437,9 @@ def _warmup_limit(run: _Run) -> int | None:
 
 
 def share_warmup(run: _Run) -> None:
-    """Save a snapshot of the dense phase when one is due (every quarter epoch, before the
-    cache's limit) and not on disk yet."""
-    limit = _warmup_limit(run)
+    """Save a snapshot of the dense phase when one is due (every quarter epoch, and at this
+    run's last dense step, before the cache's limit) and not on disk yet."""
+    departs = limit = _warmup_limit(run)
     if run.controller.phase == LOW_RANK or (limit is not None and run.step >= limit):
         return
     until = run.warmup.until
@@ -449,8 +449,11 @@ def share_warmup(run: _Run) -> None:
             until[0] * {"steps": 1, "epochs": run.steps_per_epoch, "fraction": total}[until[1]]
         )
         limit = end if limit is None else min(limit, end)
-    every = max(1, run.steps_per_epoch // PER_EPOCH)
-    if run.warmup.wanted(run.key, run.step, every, limit):
+    # the last dense step too: a sampler draws delays near good ones, and a run converting a
+    # few steps after an earlier one starts there, not up to a quarter epoch back
+    grid = run.step % max(1, run.steps_per_epoch // PER_EPOCH) == 0
+    due = grid or (departs is not None and run.step == departs - 1)
+    if due and run.warmup.wanted(run.key, run.step, limit):
         payload = {
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "generator": run.generator.get_state(),

@@ -2,9 +2,10 @@
 
 Every OIALR trial of a study first trains the same dense network for ``delay`` steps: same run
 options, seed, data order and learning-rate schedule, whatever its OIALR knobs. So runs save a
-snapshot of their dense phase every quarter epoch (model, optimizer, schedule, data order and
-every random state, the rows logged so far), and a run whose conversion comes at step ``d``
-starts from the latest snapshot before ``d``: bit for bit the state it would have reached itself.
+snapshot of their dense phase every quarter epoch and at their last dense step (model,
+optimizer, schedule, data order and every random state, the rows logged so far), and a run
+whose conversion comes at step ``d`` starts from the latest snapshot before ``d``: bit for bit
+the state it would have reached itself.
 
 The key of a snapshot is everything that determines the dense trajectory: every run option
 outside ``oialr`` (and the run's name, mode, checkpoint folder and logging cadence, which do
@@ -107,9 +108,9 @@ class WarmupCache:
         usable = [(s, p) for s, p in steps if s < before]
         return max(usable)[1] if usable else None
 
-    def wanted(self, key: dict[str, Any], step: int, every: int, limit: int | None) -> bool:
-        """Whether a snapshot at ``step`` is due and not on disk yet."""
-        if step % every or (limit is not None and step >= limit):
+    def wanted(self, key: dict[str, Any], step: int, limit: int | None) -> bool:
+        """Whether a snapshot at ``step`` (one that is due) is before ``limit`` and not on disk."""
+        if limit is not None and step >= limit:
             return False
         return not (self.folder(key) / f"step-{step:08d}.pt").exists()
 

@@ -139,6 +139,21 @@ def test_a_run_continues_from_the_latest_snapshot_before_its_conversion(tmp_path
     assert (warm.warm_start_step, cold.warm_start_step) == (49, 0)
 
 
+def test_a_run_starts_from_an_earlier_runs_last_dense_step(tmp_path):
+    cache = WarmupCache(tmp_path)
+    options = {"update_freq": 7, "sigma_cutoff": 0.3}
+    first = RunConfig.build(**BASE, oialr={"delay": 45, **options})
+    fit(first, warmup=cache)  # the grid is every 7 steps: 42, then its last dense step, 44
+    later = RunConfig.build(**BASE, oialr={"delay": 47, **options})
+    warm, cold = fit(later, warmup=cache), fit(later)
+    assert warm.warm_start_step == 44
+    assert (warm.final_val_acc, warm.test_loss, warm.ranks) == (
+        cold.final_val_acc,
+        cold.test_loss,
+        cold.ranks,
+    )
+
+
 def test_what_changes_the_trajectory_changes_the_key():
     cpu = torch.device("cpu")
     base = trajectory_key(RunConfig.build(**BASE), cpu)
