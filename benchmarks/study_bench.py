@@ -3,8 +3,9 @@
 Three measurements, all through the real ``oialr study run`` code path:
 
 1. **quickstart**: ``python -m oialr study run studies/quickstart.toml --storage sqlite:///… --quiet``
-   as a subprocess (all 20 trials unless ``--quickstart-trials``), twice side by side: as
-   shipped (shared dense warm-up, dataset loaded once per worker) and with both off. Wall time,
+   as a subprocess (all 20 trials unless ``--quickstart-trials``), side by side: as shipped
+   (shared dense warm-up, dataset loaded once per worker) and with both off, in alternating
+   order for ``--quickstart-rounds`` rounds (default 2; wall time the median). Wall time,
    trials per hour, trial-epochs actually trained (steps not taken from a warm-up snapshot),
    whether both give the same trial values, the best validation accuracy and the smallest
    trainable fraction within 1 point of the dense baseline.
@@ -193,33 +194,43 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_quickstart(tmp: Path, n_trials: int | None, sets: list[str]) -> dict[str, Any]:
-    """The quickstart twice, side by side: as shipped (shared dense warm-up, dataset loaded once
-    per worker) and with both switched off; the same sampler seed makes the same trials when
-    sharing changes no result."""
-    arms, per_epoch = {}, steps_per_epoch(sets)
-    for arm in ("unshared", "shared"):
-        url = f"sqlite:///{tmp / f'quickstart-{arm}.db'}"
-        print(
-            f"quickstart ({arm}): {QUICKSTART.relative_to(ROOT)} {' '.join(sets)} ...", flush=True
-        )
-        ran = run_cli(QUICKSTART, url, sets, n_trials, shared=arm == "shared", cache=tmp / "warmup")
-        study = only_study(url)
-        summary = summarise(study)
-        finished = summary["states"].get("complete", 0) + summary["states"].get("pruned", 0)
-        trials = study.get_trials(deepcopy=False)
-        arms[arm] = {
-            "command": ran["command"],
-            "wall_s": round(ran["wall_s"], 1),
-            "finished_trials": finished,
-            "trials_per_hour": round(finished / ran["wall_s"] * 3600, 1),
-            "epochs_recorded": epochs_trained(url, study.study_name),
-            "epochs_trained": round(steps_trained(trials) / per_epoch, 1),
-            **summary,
-            "storage_overhead_sqlite": outside_training(trials),
-            "values": [t.values for t in sorted(trials, key=lambda t: t.number)],
-            "shareable_steps": dense_steps_before_conversion(url, study.study_name),
-        }
+def bench_quickstart(
+    tmp: Path, n_trials: int | None, sets: list[str], rounds: int
+) -> dict[str, Any]:
+    """The quickstart side by side: as shipped (shared dense warm-up, dataset loaded once per
+    worker) and with both switched off, ``rounds`` times in alternating order (each shared run
+    on an empty cache), so load drift on a shared CPU hits both alike; wall time is the median
+    over rounds. The same sampler seed makes the same trials when sharing changes no result."""
+    arms, walls, per_epoch = {}, {"unshared": [], "shared": []}, steps_per_epoch(sets)
+    for r in range(rounds):
+        for arm in ("unshared", "shared") if r % 2 == 0 else ("shared", "unshared"):
+            url = f"sqlite:///{tmp / f'quickstart-{arm}-{r}.db'}"
+            print(f"quickstart ({arm}, round {r + 1}/{rounds}): "
+                  f"{QUICKSTART.relative_to(ROOT)} {' '.join(sets)} ...", flush=True)  # fmt: skip
+            ran = run_cli(QUICKSTART, url, sets, n_trials, shared=arm == "shared",
+                          cache=tmp / f"warmup-{r}")  # fmt: skip
+            walls[arm].append(ran["wall_s"])
+            study = only_study(url)
+            summary = summarise(study)
+            finished = summary["states"].get("complete", 0) + summary["states"].get("pruned", 0)
+            trials = study.get_trials(deepcopy=False)
+            values = [t.values for t in sorted(trials, key=lambda t: t.number)]
+            if arm in arms and arms[arm]["values"] != values:
+                raise SystemExit(f"quickstart ({arm}): round {r + 1} gave other trial values")
+            wall = statistics.median(walls[arm])
+            arms[arm] = {
+                "command": ran["command"],
+                "wall_s": round(wall, 1),
+                "wall_s_rounds": [round(w, 1) for w in walls[arm]],
+                "finished_trials": finished,
+                "trials_per_hour": round(finished / wall * 3600, 1),
+                "epochs_recorded": epochs_trained(url, study.study_name),
+                "epochs_trained": round(steps_trained(trials) / per_epoch, 1),
+                **summary,
+                "storage_overhead_sqlite": outside_training(trials),
+                "values": values,
+                "shareable_steps": dense_steps_before_conversion(url, study.study_name),
+            }
     shared, unshared = arms["shared"], arms["unshared"]
     # The most any cache could save: every converted run's whole dense phase, to the step.
     shareable = shared.pop("shareable_steps") / per_epoch
@@ -533,6 +544,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--quickstart-trials", type=int, help="default: the spec's 20 (5 quick)")
+    parser.add_argument("--quickstart-rounds", type=int, help="default 2 (1 quick)")
     parser.add_argument("--prune-trials", type=int, help="default 12 (5 quick)")
     parser.add_argument("--prune-epochs", type=int, help="default 6 (2 quick)")
     parser.add_argument("--storage-trials", type=int, help="default 8 (3 quick)")
@@ -561,6 +573,7 @@ def main() -> None:
     quick = args.quick
     qs_trials = args.quickstart_trials or (5 if quick else None)  # 3 baselines, 2 OIALR
     qs_sets = ["run.subset=2000", "run.epochs=1"] if quick else []
+    qs_rounds = args.quickstart_rounds or (1 if quick else 2)
     prune_trials = args.prune_trials or (5 if quick else 12)
     prune_epochs = args.prune_epochs or (2 if quick else 6)
     storage_trials = args.storage_trials or (3 if quick else 8)
@@ -571,7 +584,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oialr-study-bench-") as folder:
         tmp = Path(folder)
         results = {
-            "quickstart": bench_quickstart(tmp, qs_trials, qs_sets),
+            "quickstart": bench_quickstart(tmp, qs_trials, qs_sets, qs_rounds),
             "pruning": bench_pruning(tmp, prune_epochs, prune_trials, args.seed),
             "storage_overhead": bench_storage(tmp, storage_trials, 3, postgres),
         }
