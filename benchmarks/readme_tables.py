@@ -213,7 +213,8 @@ def sharing(q: dict) -> str:
     ]  # fmt: skip
     verdict = "met" if q["speedup"] >= 1.5 else "**not met**"
     rounds = len(q["wall_s_rounds"])
-    walls = ", ".join(f"{a:.0f}/{b:.0f} s" for a, b in zip(q["wall_s_rounds"], u["wall_s_rounds"]))
+    pairs = zip(q["wall_s_rounds"], u["wall_s_rounds"])
+    walls = "; ".join(f"{a:.0f}/{b:.0f} s ({b / a:.2f}×)" for a, b in pairs)
     same = "identical" if q["same_values"] else "**different**"
     return (
         "\n\n"
