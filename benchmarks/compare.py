@@ -9,6 +9,7 @@ wall time to ``benchmarks/results/compare.json`` and ``compare.md``, and says wh
 
     python benchmarks/compare.py                 # the full comparison (about an hour on 2 cores)
     python benchmarks/compare.py --smoke         # 1 seed, 1 epoch, tiny subset: keeps the code alive
+    python benchmarks/compare.py --study-trials 40 --storage sqlite:///compare.db  # keep the studies
 """
 
 from __future__ import annotations
@@ -184,6 +185,12 @@ def main() -> None:
     parser.add_argument("--lenet5-epochs", type=int, default=10)
     parser.add_argument("--subset", type=int, default=None, help="training images (default: all)")
     parser.add_argument("--study-trials", type=int, default=16)
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="the studies' storage (default: a temporary SQLite file); a study already finished "
+        "there is reused, not run again",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compare.json")
     args = parser.parse_args()
     if args.smoke:
@@ -200,7 +207,7 @@ def main() -> None:
 
     table, studies = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        storage = f"sqlite:///{Path(tmp) / 'compare.db'}"
+        storage = args.storage or f"sqlite:///{Path(tmp) / 'compare.db'}"
         # the study's own warm-up cache: runs of a seed share their dense phase with its trials
         warmup = WarmupCache(Path(tmp) / "compare.db.warmup")
         for model in args.models:
