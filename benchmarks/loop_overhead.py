@@ -13,8 +13,8 @@ window of every run is dropped (warm-up). A fast model gets more rounds than a s
 go on, in pairs, until each arm has ``--seconds`` of timed steps (at least ``--rounds``, at most
 ``MAX_ROUNDS``), so a 15 ms step is not judged on one second of a shared CPU. ``ratio`` is the
 median over rounds of fit/plain medians, ``ratio@min`` the best fit window over the best plain
-window (on a shared CPU the least disturbed estimate). Convnets run in both memory formats, which also measures what
-``channels_last`` buys per model: ``memory_format="auto"`` follows these numbers.
+window (on a shared CPU the least disturbed estimate). Convnets run in both memory formats,
+which also measures what ``channels_last`` buys per model: ``memory_format="auto"`` follows these numbers.
 
     python benchmarks/loop_overhead.py            # about half an hour on a 2-core CPU
     python benchmarks/loop_overhead.py --quick    # smoke run, tiny sizes

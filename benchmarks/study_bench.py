@@ -211,19 +211,17 @@ def bench_quickstart(
                           cache=tmp / f"warmup-{r}")  # fmt: skip
             walls[arm].append(ran["wall_s"])
             study = only_study(url)
-            summary = summarise(study)
-            finished = summary["states"].get("complete", 0) + summary["states"].get("pruned", 0)
             trials = study.get_trials(deepcopy=False)
             values = [t.values for t in sorted(trials, key=lambda t: t.number)]
-            if arm in arms and arms[arm]["values"] != values:
-                raise SystemExit(f"quickstart ({arm}): round {r + 1} gave other trial values")
-            wall = statistics.median(walls[arm])
+            if arm in arms:  # a later round: only its wall time and its values are new
+                if arms[arm]["values"] != values:
+                    raise SystemExit(f"quickstart ({arm}): round {r + 1} gave other trial values")
+                continue
+            summary = summarise(study)
             arms[arm] = {
                 "command": ran["command"],
-                "wall_s": round(wall, 1),
-                "wall_s_rounds": [round(w, 1) for w in walls[arm]],
-                "finished_trials": finished,
-                "trials_per_hour": round(finished / wall * 3600, 1),
+                "finished_trials": summary["states"].get("complete", 0)
+                + summary["states"].get("pruned", 0),
                 "epochs_recorded": epochs_trained(url, study.study_name),
                 "epochs_trained": round(steps_trained(trials) / per_epoch, 1),
                 **summary,
@@ -231,6 +229,10 @@ def bench_quickstart(
                 "values": values,
                 "shareable_steps": dense_steps_before_conversion(url, study.study_name),
             }
+    for arm, times in walls.items():
+        wall = statistics.median(times)
+        arms[arm] |= {"wall_s": round(wall, 1), "wall_s_rounds": [round(w, 1) for w in times],
+                      "trials_per_hour": round(arms[arm]["finished_trials"] / wall * 3600, 1)}  # fmt: skip
     shared, unshared = arms["shared"], arms["unshared"]
     # The most any cache could save: every converted run's whole dense phase, to the step.
     shareable = shared.pop("shareable_steps") / per_epoch
