@@ -5,7 +5,8 @@ For each model (``mlp``, ``lenet5``) and several seeds it trains: dense; fixed r
 and OIALR with the best Pareto configuration a study found (``oialr study run`` on
 ``studies/quickstart.toml`` for the MLP and ``studies/fashion-lenet5.toml`` for LeNet-5, with the
 budget given here). It reports mean ± std of test accuracy, trainable and stored fractions and
-wall time to ``benchmarks/results/compare.json`` and ``compare.md``, and says which goals are met.
+wall time to ``benchmarks/results/compare.json``, prints the README's table from it and says which
+goals are met.
 
     python benchmarks/compare.py                 # the full comparison (about an hour on 2 cores)
     python benchmarks/compare.py --smoke         # 1 seed, 1 epoch, tiny subset: keeps the code alive
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from readme_tables import compare as readme_section
 
 from oialr import OIALR
 from oialr.data import load_dataset
@@ -156,26 +158,6 @@ def goals(table: dict) -> dict:
     return out
 
 
-def markdown(table: dict, studies: dict) -> str:
-    lines = ["| model | configuration | test accuracy (%) | trainable | stored | wall time (s) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for model, rows in table.items():
-        for name, r in rows.items():
-            acc, tr, st, wt = (
-                r[k] for k in ("test_acc", "trainable_fraction", "stored_fraction", "wall_time")
-            )
-            lines.append(
-                f"| {model} | {name} | {acc['mean']:.2f} ± {acc['std']:.2f} | {tr['mean']:.3f} | "
-                f"{st['mean']:.3f} | {wt['mean']:.0f} ± {wt['std']:.0f} |"
-            )
-    for model, s in studies.items():
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["params"].items()
-        )
-        lines.append(f"\n*{model} tuned*: trial {s['trial']} of {s['trials']} ({params}).")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch, 1,000 images, MLP")
@@ -250,8 +232,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(table, studies))
-    print(markdown(table, studies))
+    print(readme_section(report))
     for goal, verdict in report["goals"].items():
         print(("MET    " if verdict["met"] else "NOT MET ") + goal)
 

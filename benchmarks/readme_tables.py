@@ -98,9 +98,13 @@ def compare(d: dict) -> str:
                       for name, g in d["goals"].items())  # fmt: skip
     studies = "; ".join(f"{m}: trial {s['trial']} of {s['trials']} ({', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in s['params'].items())})"
                         for m, s in d["studies"].items())  # fmt: skip
+    # a kept study's storage is a path of the machine that ran it: name the option, not the path
+    command, kept = re.subn(r" --storage \S+", "", d["command"])
+    kept_note = ", its studies kept with `--storage` and evaluated from there" if kept else ""
+    epochs = ", ".join(f"{m} {e}" for m, e in d["epochs"].items())
     return (
-        f"**Accuracy versus parameters on Fashion-MNIST** — {d['seeds']} seeds, epochs {d['epochs']}, "
-        f"{d['subset']:,} training images (`{d['command']}`). *Tuned* is the most accurate "
+        f"**Accuracy versus parameters on Fashion-MNIST** — {d['seeds']} seeds, epochs: {epochs}, "
+        f"{d['subset']:,} training images (`{command}`{kept_note}). *Tuned* is the most accurate "
         f"Pareto trial at ≤ 10 % trainable parameters found by `oialr study run` ({studies}).\n\n"
         + table(
             ["model", "configuration", "test accuracy (%)", "trainable", "stored", "wall time (s)"],
