@@ -263,6 +263,17 @@ def test_random_crop_takes_windows_of_the_padded_image() -> None:
         assert any(torch.equal(out[i], w) for w in windows(padded[i], 5))
 
 
+def test_random_crop_takes_the_window_at_each_images_drawn_offset() -> None:
+    # Non-square images, so rows and columns cannot be confused; the offsets are one
+    # (row, column) pair per image drawn from the generator: a seed fixes every crop.
+    x = torch.randn(16, 3, 5, 7)
+    out = random_crop(x, 2, generator=torch.Generator().manual_seed(3))
+    offsets = torch.randint(0, 5, (16, 2), generator=torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i, (r, c) in enumerate(offsets.tolist()):
+        assert torch.equal(out[i], padded[i, :, r : r + 5, c : c + 7])
+
+
 def test_flip_only_where_it_makes_sense() -> None:
     assert data._DEFAULT_AUGMENT["cifar10"] == "crop-flip"
     assert data._DEFAULT_AUGMENT["cifar100"] == "crop-flip"
