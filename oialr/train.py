@@ -437,7 +437,7 @@ def _warmup_limit(run: _Run) -> int | None:
 
 
 def share_warmup(run: _Run) -> None:
-    """Save a snapshot of the dense phase when one is due (every quarter epoch, and at this
+    """Save a snapshot of the dense phase when one is due (every eighth of an epoch, and at this
     run's last dense step, before the cache's limit) and not on disk yet."""
     departs = limit = _warmup_limit(run)
     if run.controller.phase == LOW_RANK or (limit is not None and run.step >= limit):
@@ -450,7 +450,7 @@ def share_warmup(run: _Run) -> None:
         )
         limit = end if limit is None else min(limit, end)
     # the last dense step too: a sampler draws delays near good ones, and a run converting a
-    # few steps after an earlier one starts there, not up to a quarter epoch back
+    # few steps after an earlier one starts there, not up to an eighth of an epoch back
     grid = run.step % max(1, run.steps_per_epoch // PER_EPOCH) == 0
     due = grid or (departs is not None and run.step == departs - 1)
     if due and run.warmup.wanted(run.key, run.step, limit):

@@ -2,7 +2,7 @@
 
 Every OIALR trial of a study first trains the same dense network for ``delay`` steps: same run
 options, seed, data order and learning-rate schedule, whatever its OIALR knobs. So runs save a
-snapshot of their dense phase every quarter epoch and at their last dense step (model,
+snapshot of their dense phase every eighth of an epoch and at their last dense step (model,
 optimizer, schedule, data order and every random state, the rows logged so far), and a run
 whose conversion comes at step ``d`` starts from the latest snapshot before ``d``: bit for bit
 the state it would have reached itself.
@@ -43,7 +43,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["WarmupCache", "trajectory_key", "cpu_model"]
 
-PER_EPOCH = 4  # snapshots per epoch of dense training
+PER_EPOCH = 8  # snapshots per epoch of dense training
 # Options that do not change the dense trajectory (OIALR's own only act at and after conversion).
 _NOT_TRAJECTORY = ("name", "mode", "oialr", "checkpoint_dir", "log_every")
 # oialr's code that trains the dense phase: any edit to it may change the trajectory

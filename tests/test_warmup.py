@@ -128,7 +128,8 @@ def test_a_run_continues_from_the_latest_snapshot_before_its_conversion(tmp_path
     cfg = RunConfig.build(**BASE, oialr={"delay": 50, "update_freq": 7, "sigma_cutoff": 0.3})
     key = trajectory_key(cfg, torch.device("cpu"))
     assert key == trajectory_key(RunConfig.build(**BASE, mode="dense"), torch.device("cpu"))
-    assert cache.latest(key, 50).name == "step-00000049.pt"  # quarter epochs of 28 steps: 7 each
+    # eighths of an epoch of 28 steps: a snapshot every 3 steps, the latest before 50 at 48
+    assert cache.latest(key, 50).name == "step-00000048.pt"
     warm, cold = fit(cfg, warmup=cache), fit(cfg)
     assert (warm.final_val_acc, warm.test_loss, warm.ranks) == (
         cold.final_val_acc,
@@ -136,14 +137,14 @@ def test_a_run_continues_from_the_latest_snapshot_before_its_conversion(tmp_path
         cold.ranks,
     )
     assert warm.conversion_step == 50 and dense.steps == 84
-    assert (warm.warm_start_step, cold.warm_start_step) == (49, 0)
+    assert (warm.warm_start_step, cold.warm_start_step) == (48, 0)
 
 
 def test_a_run_starts_from_an_earlier_runs_last_dense_step(tmp_path):
     cache = WarmupCache(tmp_path)
     options = {"update_freq": 7, "sigma_cutoff": 0.3}
     first = RunConfig.build(**BASE, oialr={"delay": 45, **options})
-    fit(first, warmup=cache)  # the grid is every 7 steps: 42, then its last dense step, 44
+    fit(first, warmup=cache)  # the grid is every 3 steps: 42, then its last dense step, 44
     later = RunConfig.build(**BASE, oialr={"delay": 47, **options})
     warm, cold = fit(later, warmup=cache), fit(later)
     assert warm.warm_start_step == 44
