@@ -238,7 +238,7 @@ def study_bench(d: dict) -> str:
     med, none = p["median"], p["none"]
     saving = 100 * (1 - med["trial_epochs"] / none["trial_epochs"])
     return (
-        f"**Study costs** on this 2-core CPU, shared with other work (load average "
+        f"**Study costs** on a {d['machine']['cpu_count']}-core {d['machine']['cpu']} (load average "
         f"{d['machine']['load_average_end'][0]:.1f} at the end; `python benchmarks/study_bench.py`):\n\n"
         f"- `oialr study run studies/quickstart.toml`: {q['finished_trials']} trials in "
         f"{q['wall_s'] / 60:.1f} min ({q['trials_per_hour']:.0f} trials per hour); dense reached "
